@@ -1,0 +1,101 @@
+"""Threat models: the set an adversary may move an input in.
+
+Written after MadryLab `robustness`'s attack steps: a threat model knows how to *project* a candidate
+back into the allowed set, how to draw a *random start* inside it, and how to take one *steepest-ascent
+step* for its norm. The PGD loop (``pgd.py``) is written once on top of these three operations.
+
+The allowed set is always the intersection of the ε-ball around the clean input and the pixel box
+[0, 1] (DESIGN.md, "Pixel space"). Clamping to the box after projecting to the ball never leaves the
+ball: each coordinate only moves towards the clean value, which is itself inside the box.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from robustlip.validation import check_choice, check_non_negative
+
+NORMS = ("inf", "2")
+
+
+def _per_example_norm(t: Tensor, p: float) -> Tensor:
+    """Norm of each example of a batch, shaped to broadcast against the batch."""
+    flat = t.flatten(1)
+    norms = flat.abs().amax(dim=1) if p == math.inf else flat.norm(p=p, dim=1)
+    return norms.view(-1, *([1] * (t.dim() - 1)))
+
+
+class ThreatModel(ABC):
+    """An ε-ball of some norm, intersected with the [0, 1] pixel box."""
+
+    norm: str
+
+    def __init__(self, eps: float) -> None:
+        self.eps = check_non_negative("eps", eps)
+
+    @abstractmethod
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """The point of the allowed set that ``x_adv`` is moved to (ball first, then box)."""
+
+    @abstractmethod
+    def random_perturb(self, x: Tensor) -> Tensor:
+        """A random point of the allowed set around ``x`` (the PGD random start)."""
+
+    @abstractmethod
+    def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
+        """One steepest-ascent step of length ``step_size`` in this norm (not yet projected)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps})"
+
+
+class LinfThreat(ThreatModel):
+    """ℓ∞ ball: coordinate-wise clipping; the steepest step is the sign of the gradient (SPEC §6.1-6.2)."""
+
+    norm = "inf"
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        delta = torch.clamp(x_adv - x, -self.eps, self.eps)
+        return torch.clamp(x + delta, 0.0, 1.0)
+
+    def random_perturb(self, x: Tensor) -> Tensor:
+        noise = torch.empty_like(x).uniform_(-self.eps, self.eps)
+        return torch.clamp(x + noise, 0.0, 1.0)
+
+    def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
+        return x_adv + step_size * grad.sign()
+
+
+class L2Threat(ThreatModel):
+    """ℓ2 ball: radial rescaling onto the ball; the steepest step is the normalised gradient."""
+
+    norm = "2"
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        delta = x_adv - x
+        norms = _per_example_norm(delta, 2.0)
+        factor = torch.clamp(self.eps / (norms + 1e-12), max=1.0)
+        return torch.clamp(x + delta * factor, 0.0, 1.0)
+
+    def random_perturb(self, x: Tensor) -> Tensor:
+        # Uniform in the ball: a Gaussian direction and a radius distributed as eps * U^(1/d).
+        direction = torch.randn_like(x)
+        direction = direction / (_per_example_norm(direction, 2.0) + 1e-12)
+        dims = x[0].numel()
+        radius = self.eps * torch.rand(x.shape[0], device=x.device, dtype=x.dtype) ** (1.0 / dims)
+        delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        return self.project(x + delta, x)
+
+    def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
+        return x_adv + step_size * grad / (_per_example_norm(grad, 2.0) + 1e-12)
+
+
+def make_threat(norm: str | float | int, eps: float) -> ThreatModel:
+    """Build the threat model named by ``norm`` ("inf" or "2"; also accepts ``math.inf`` and 2)."""
+    key = "inf" if norm in ("inf", "linf", "Linf", math.inf) else str(norm)
+    check_choice("norm", key if key in NORMS else norm, NORMS)
+    return LinfThreat(eps) if key == "inf" else L2Threat(eps)

@@ -1,0 +1,91 @@
+"""RobustClassifier: the one LightningModule every method trains through (DESIGN.md).
+
+It owns the network, the training objective and the optimizer/scheduler factories; everything that
+makes one method differ from another lives in the objective. It stores only plain hyper-parameters
+(the resolved run config as a dict of primitives), so its checkpoints load with
+``torch.load(weights_only=True)`` and the network can be rebuilt from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+from torch import Tensor, nn
+
+from robustlip.objectives.base import Objective
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; the message names the step and the loss parts."""
+
+
+class RobustClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: Objective,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Only plain data goes into the checkpoint: the run config, already resolved to primitives.
+        self.save_hyperparameters({"config": config or {}})
+        num_classes = self._num_classes(net)
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+
+    @staticmethod
+    def _num_classes(net: nn.Module) -> int:
+        last_linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        return last_linear[-1].out_features if last_linear else 10
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        out = self.objective(self.net, x, y)
+        if not torch.isfinite(out.loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
+            raise NonFiniteLossError(
+                f"training loss is {out.loss.item()} at epoch {self.current_epoch}, global step "
+                f"{self.global_step} (batch {batch_idx}); loss parts: {parts or 'none'}"
+            )
+        self.train_acc(out.logits.detach(), y)
+        self.log("train/loss", out.loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/batch_acc", self.train_acc, on_step=False, on_epoch=True)
+        for name, value in out.parts.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+        return out.loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", nn.functional.cross_entropy(logits, y), on_epoch=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_acc(self.net(x), y)
+        self.log("test/clean_acc", self.test_acc, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
+

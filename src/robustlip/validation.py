@@ -1,0 +1,35 @@
+"""One-line, early, named errors for bad configuration values (DESIGN.md, "Errors")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+
+
+def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_non_negative(key: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be a number >= 0")
+    return float(value)
+
+
+def check_positive_int(key: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer >= 1")
+    return value
+
+
+def check_probability(key: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be a number in [0, 1)")
+    return float(value)
