@@ -37,6 +37,9 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
             continue
         if node is not None and node.get("_target_"):
             callbacks.append(instantiate(node))
+    perf = cfg.get("perf")
+    if perf is not None and perf.get("_target_"):
+        callbacks.append(instantiate(perf))
     return callbacks
 
 
