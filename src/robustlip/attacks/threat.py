@@ -94,8 +94,37 @@ class L2Threat(ThreatModel):
         return x_adv + step_size * grad / (_per_example_norm(grad, 2.0) + 1e-12)
 
 
+class LinfRenormThreat(LinfThreat):
+    """The ℓ∞ ball as the authors' LLR inner loop walks it (SPEC §5.6, §13.2; ``fidelity=faithful``).
+
+    Two differences from :class:`LinfThreat`, both reproduced on purpose:
+
+    * the step is the gradient divided by its own ℓ∞ norm (its largest entry becomes ±1), not its sign;
+    * projection clamps to the box first and then *rescales* the whole perturbation onto the ball
+      (``torch.renorm``), instead of clipping each coordinate.
+
+    Rescaling towards the clean point keeps the box: both ends of the segment lie inside it.
+    """
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        delta = torch.clamp(x_adv, 0.0, 1.0) - x
+        factor = torch.clamp(self.eps / (_per_example_norm(delta, math.inf) + 1e-12), max=1.0)
+        return torch.clamp(x + delta * factor, 0.0, 1.0)
+
+    def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
+        return x_adv + step_size * grad / (_per_example_norm(grad, math.inf) + 1e-12)
+
+
+def canonical_norm(norm: str | float | int, key: str = "norm") -> str:
+    """The norm's name, "inf" or "2", for any spelling a config may hold ("inf", ``math.inf``, 2, "2", ...)."""
+    if norm in ("inf", "linf", "Linf", math.inf):
+        name = "inf"
+    else:
+        name = "2" if norm in (2, "2", "l2", "L2") else str(norm)
+    check_choice(key, name if name in NORMS else norm, NORMS)
+    return name
+
+
 def make_threat(norm: str | float | int, eps: float) -> ThreatModel:
     """Build the threat model named by ``norm`` ("inf" or "2"; also accepts ``math.inf`` and 2)."""
-    key = "inf" if norm in ("inf", "linf", "Linf", math.inf) else str(norm)
-    check_choice("norm", key if key in NORMS else norm, NORMS)
-    return LinfThreat(eps) if key == "inf" else L2Threat(eps)
+    return LinfThreat(eps) if canonical_norm(norm) == "inf" else L2Threat(eps)
