@@ -16,9 +16,20 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from robustlip.validation import check_choice
+from robustlip.attacks.threat import canonical_norm
+from robustlip.validation import check_choice, check_non_negative, check_positive_int
 
 FIDELITIES = ("paper", "faithful")
+
+
+def check_attack_budget(eps: float, norm: str, steps: int, step_size: float | None) -> tuple[float, str, int, float | None]:
+    """Range-check an objective's inner-attack settings under their ``objective.*`` config names."""
+    return (
+        check_non_negative("objective.eps", eps),
+        canonical_norm(norm, key="objective.norm"),
+        check_positive_int("objective.steps", steps),
+        None if step_size is None else check_non_negative("objective.step_size", step_size),
+    )
 
 
 @dataclass

@@ -1,0 +1,53 @@
+"""Robust self-training with labelled data only, RST (Raghunathan et al. 2020; SPEC §5.3).
+
+L = CE(f(x), y) + λ · CE(f(x'), y), x' the same PGD attack as AT (``adversarial.madry_attack``). λ
+multiplies the adversarial term with no (1 + λ) normalisation, as in the authors' code (SPEC §13.7);
+the paper sweeps λ ∈ {0.5, 1, 2}. λ = 0 is natural training.
+
+Fidelity: ``paper`` attacks in eval mode and averages over the batch; ``faithful`` attacks in train mode
+and sums (SPEC §13.4, §13.6). The adversarial forward comes before the clean one, as in the authors'
+code, so BatchNorm's running statistics see the batches in the same order. The logits returned for
+the training accuracy are the adversarial ones (the authors' logging, SPEC §4).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustlip.objectives.adversarial import madry_attack
+from robustlip.objectives.base import Objective, ObjectiveOutput
+from robustlip.validation import check_non_negative
+
+
+class RST(Objective):
+    """L = CE(x) + λ·CE(PGD(x)), mean- or sum-reduced by fidelity."""
+
+    name = "rst"
+
+    def __init__(
+        self,
+        eps: float,
+        lam: float = 1.0,
+        norm: str = "inf",
+        steps: int = 10,
+        step_size: float | None = None,
+        fidelity: str = "paper",
+        name: str | None = None,
+    ) -> None:
+        super().__init__(fidelity, name)
+        self.lam = check_non_negative("objective.lam", lam)
+        self.attack = madry_attack(eps, norm, steps, step_size, self.faithful)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, fidelity={self.fidelity}, attack={self.attack!r}"
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
+        x_adv = self.attack(model, x, y)
+        adv_logits = model(x_adv)
+        logits = model(x)
+        natural = F.cross_entropy(logits, y, reduction="none")
+        robust = F.cross_entropy(adv_logits, y, reduction="none")
+        loss = self.reduce(natural) + self.lam * self.reduce(robust)
+        parts = {"natural": natural.mean().detach(), "robust": robust.mean().detach()}
+        return ObjectiveOutput(loss=loss, logits=adv_logits, parts=parts)
