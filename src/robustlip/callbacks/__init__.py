@@ -1,5 +1,15 @@
-"""Callbacks that measure what the paper reports."""
+"""Callbacks that measure what the paper reports, and the probes they can run on the test set."""
 
-from robustlip.callbacks.robust_eval import RobustEvaluation, with_gaps
+from robustlip.callbacks.probes import EpsSweep, Probe
+from robustlip.callbacks.robust_eval import RobustEvaluation, SplitMeter, with_gaps
+from robustlip.callbacks.sanity import GradientMaskingChecks, GradientMaskingWarning
 
-__all__ = ["RobustEvaluation", "with_gaps"]
+__all__ = [
+    "EpsSweep",
+    "GradientMaskingChecks",
+    "GradientMaskingWarning",
+    "Probe",
+    "RobustEvaluation",
+    "SplitMeter",
+    "with_gaps",
+]

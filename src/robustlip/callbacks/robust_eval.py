@@ -2,42 +2,92 @@
 
 At test time it measures, on the test set (the batches of Lightning's test loop) and on the
 un-augmented training set (``datamodule.train_eval_dataloader()``, the full set unless
-``data.train_eval_size`` picks a fixed subset):
+``data.train_eval_size`` picks a fixed, seeded subset):
 
     train/acc, test/acc, train/adv_acc, test/adv_acc, train/lipschitz, test/lipschitz,
     gap = train/acc - test/acc, adv_gap = train/adv_acc - test/adv_acc        (percent, as the paper)
 
-and writes them to every logger and to ``results.json``. During fitting it can also attack the
-validation set every ``val_every_n_epochs`` epochs and log ``val/adv_acc``, so a run can be watched and
-checkpointed on robustness.
+and writes them to every logger and to ``results.json``, with optional probes (the ε sweep, the
+gradient-masking checks) in their own sections. During fitting it can also attack the validation set
+every ``val_every_n_epochs`` epochs and log ``val/adv_acc`` (monitor it with a ``ModelCheckpoint``
+whose ``every_n_epochs`` is the same N; ``conf/callbacks/adv_checkpoint.yaml`` does that).
 
-Exactness: the test-set states are sum-state torchmetrics, exact under any number of processes; the
-training-set pass runs over the whole subset in every process (a documented single-device pass).
+Reproducibility: every batch's attack and Lipschitz randomness is drawn from a generator seeded with
+``(seed, split, batch index)`` inside ``torch.random.fork_rng``. So the numbers depend on the model,
+the data and the seed only — not on what ran before (``robustlip-eval`` on a checkpoint reproduces
+the training run's numbers), and evaluating never shifts the training run's own random stream.
+
+Exactness: counts and sums are sum-state torchmetrics. On one device the test set comes from
+Lightning's test loop. On several, Lightning's distributed sampler would pad the test set with
+repeated examples, so the callback instead splits ``datamodule.test_dataloader()`` (and the training
+set) into disjoint per-process shards itself and sums the states: exact for any number of devices.
+``val/adv_acc`` is a monitoring signal and keeps Lightning's (padded) validation shards.
+
+Inference mode: attacks need autograd, so every update runs under ``torch.inference_mode(False)``
+on cloned inputs; the callback works under ``trainer.fit``, ``validate`` and ``test`` even when the
+Trainer's ``inference_mode`` is left on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 
 from robustlip.attacks.base import Attack
+from robustlip.callbacks.probes import Probe
 from robustlip.metrics.robust_accuracy import CorrectFraction, SumMean
 from robustlip.results import RESULT_KEYS, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-#: ``estimator(model, x) -> per-example local Lipschitz ratios`` (see ``metrics.lipschitz``).
-LipschitzEstimator = Callable[[nn.Module, Tensor], Tensor]
+#: ``estimator(model, x, logits=None) -> per-example local Lipschitz ratios`` (``metrics.lipschitz``).
+LipschitzEstimator = Callable[..., Tensor]
+#: Separate random streams for the three splits the callback attacks.
+SPLIT_STREAMS = {"test": 0, "train": 1, "val": 2}
 
 
-class _SplitMeter(nn.Module):
-    """Clean accuracy, adversarial accuracy and mean Lipschitz ratio of one split."""
+@contextmanager
+def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device) -> Iterator[None]:
+    """Run a block on its own random stream, restoring the global one afterwards (None: no seeding)."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.manual_seed((int(seed) * 1_000_003 + SPLIT_STREAMS[split] * 7_919 + batch_idx) % (2**63))
+        yield
+
+
+@contextmanager
+def outside_inference_mode() -> Iterator[None]:
+    """Metric states and attacks must not be inference tensors, whatever loop calls us."""
+    with torch.inference_mode(False):
+        yield
+
+
+def unrepeated_shard(loader: DataLoader, rank: int, world_size: int) -> DataLoader:
+    """This process's disjoint share (every ``world_size``-th example) of ``loader``, in the same order.
+
+    Unlike a DistributedSampler, no example is repeated to even out the shards, so summing the
+    per-process counts gives the exact total.
+    """
+    if world_size <= 1:
+        return loader
+    shard = Subset(loader.dataset, range(rank, len(loader.dataset), world_size))
+    return DataLoader(shard, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+
+
+class SplitMeter(nn.Module):
+    """Clean accuracy, adversarial accuracy and mean Lipschitz ratio of one split (sum states)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,15 +95,32 @@ class _SplitMeter(nn.Module):
         self.adv_acc = CorrectFraction()
         self.lipschitz = SumMean()
 
-    def update(self, model: nn.Module, x: Tensor, y: Tensor, attack: Attack | None, lipschitz: LipschitzEstimator | None) -> None:
+    def update(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        attack: Attack | None,
+        lipschitz: LipschitzEstimator | None,
+        logits: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Measure one batch; returns (clean logits, adversarial logits) for probes to reuse.
+
+        ``logits`` are f(x) if the caller already has them (e.g. from ``test_step``): the clean
+        forward pass is done once per batch and shared by accuracy and the Lipschitz estimate.
+        """
         with torch.no_grad():
-            self.acc.update(model(x), y)
+            clean = model(x) if logits is None else logits
+        self.acc.update(clean, y)
+        adv = None
         if attack is not None:
             x_adv = attack(model, x, y)
             with torch.no_grad():
-                self.adv_acc.update(model(x_adv), y)
+                adv = model(x_adv)
+            self.adv_acc.update(adv, y)
         if lipschitz is not None:
-            self.lipschitz.update(lipschitz(model, x))
+            self.lipschitz.update(lipschitz(model, x, clean))
+        return clean, adv
 
     def compute(self, prefix: str) -> dict[str, float]:
         out = {f"{prefix}/acc": self.acc.compute().item()}
@@ -62,6 +129,9 @@ class _SplitMeter(nn.Module):
         if self.lipschitz.count > 0:
             out[f"{prefix}/lipschitz"] = self.lipschitz.compute().item()
         return out
+
+    def count(self) -> int:
+        return int(self.acc.total)
 
     def reset(self) -> None:
         for metric in (self.acc, self.adv_acc, self.lipschitz):
@@ -78,7 +148,30 @@ def with_gaps(metrics: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def _batch_logits(outputs: Any) -> Tensor | None:
+    """Clean logits a ``test_step`` returned (``{"logits": ...}``), so they are not recomputed."""
+    if isinstance(outputs, dict) and isinstance(outputs.get("logits"), Tensor):
+        return outputs["logits"].detach().clone()
+    return None
+
+
 class RobustEvaluation(pl.Callback):
+    """Clean/adversarial accuracy, local Lipschitz estimate and gaps of the paper's tables.
+
+    Args:
+        attack: the evaluation adversary (``conf/attack``); None measures clean accuracy only.
+        lipschitz: the Eq. 3 estimator (``metrics.LocalLipschitz``); None skips train/test lipschitz.
+        evaluate_train: also measure the training set (``datamodule.train_eval_dataloader()``).
+        results_file: where ``results.json`` goes (None: do not write).
+        val_every_n_epochs: attack the validation set every N epochs of fitting and log
+            ``val/adv_acc`` (0: never). ``trainer.validate()`` attacks whenever N > 0.
+        val_max_batches: bound the validation attack to the first batches (cheap monitoring).
+        seed: seed of the evaluation's random streams (None: use the global RNG, not reproducible).
+        sanity: gradient-masking checks (``GradientMaskingChecks``), run on the test set.
+        eps_sweep: an ``EpsSweep`` probe: adversarial accuracy for a list of ε, CSV + PNG.
+        extra_results: extra entries for ``results.json`` (e.g. the evaluated checkpoint).
+    """
+
     def __init__(
         self,
         attack: Attack | None,
@@ -87,6 +180,9 @@ class RobustEvaluation(pl.Callback):
         results_file: str | Path | None = "results.json",
         val_every_n_epochs: int = 0,
         val_max_batches: int | None = None,
+        seed: int | None = 0,
+        sanity: Probe | None = None,
+        eps_sweep: Probe | None = None,
         extra_results: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -96,72 +192,122 @@ class RobustEvaluation(pl.Callback):
         self.results_file = None if results_file is None else Path(results_file)
         self.val_every_n_epochs = int(val_every_n_epochs)
         self.val_max_batches = val_max_batches
+        self.seed = seed
+        self.probes: list[Probe] = [p for p in (sanity, eps_sweep) if p is not None]
         self.extra_results = dict(extra_results or {})
-        self.test_meter = _SplitMeter()
+        self.test_meter = SplitMeter()
         self.val_adv_acc = CorrectFraction()
         self.metrics: dict[str, float] = {}
+        self.sections: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
 
     # -- validation: a cheap robustness signal while training -----------------------------------
     def _validating_adversarially(self, trainer: pl.Trainer) -> bool:
-        return (
-            self.attack is not None
-            and self.val_every_n_epochs > 0
-            and not trainer.sanity_checking
-            and (trainer.current_epoch + 1) % self.val_every_n_epochs == 0
-        )
+        if self.attack is None or self.val_every_n_epochs <= 0 or trainer.sanity_checking:
+            return False
+        if trainer.state.fn == "validate":
+            return True
+        return (trainer.current_epoch + 1) % self.val_every_n_epochs == 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        with outside_inference_mode():
+            self.val_adv_acc.to(pl_module.device)
+            self.val_adv_acc.reset()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._validating_adversarially(trainer):
             return
         if self.val_max_batches is not None and batch_idx >= self.val_max_batches:
             return
-        x, y = batch
-        self.val_adv_acc.to(x.device)
-        x_adv = self.attack(pl_module, x, y)
-        with torch.no_grad():
-            self.val_adv_acc.update(pl_module(x_adv), y)
+        with outside_inference_mode(), seeded(self.seed, "val", batch_idx, pl_module.device):
+            x, y = (t.clone() for t in batch)
+            x_adv = self.attack(pl_module, x, y)
+            with torch.no_grad():
+                self.val_adv_acc.update(pl_module(x_adv), y)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if not self._validating_adversarially(trainer):
             return
-        pl_module.log("val/adv_acc", self.val_adv_acc.compute(), prog_bar=True, sync_dist=False)
-        self.val_adv_acc.reset()
+        with outside_inference_mode():
+            value = self.val_adv_acc.compute()
+        pl_module.log("val/adv_acc", value, prog_bar=True, sync_dist=False)
 
     # -- test: the paper's numbers ----------------------------------------------------------------
+    def _own_test_pass(self, trainer: pl.Trainer) -> bool:
+        """Several processes: shard the test set ourselves (see the module docstring)."""
+        return trainer.world_size > 1
+
     def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.test_meter.to(pl_module.device)
-        self.test_meter.reset()
+        with outside_inference_mode():
+            self.test_meter.to(pl_module.device)
+            self.test_meter.reset()
+            for probe in self.probes:
+                probe.to(pl_module.device)
+                probe.reset()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._own_test_pass(trainer):
+            return
         x, y = batch
-        self.test_meter.update(pl_module, x, y, self.attack, self.lipschitz)
+        self._measure(pl_module, self.test_meter, x, y, "test", batch_idx, _batch_logits(outputs))
+
+    def _measure(self, model, meter: SplitMeter, x, y, split: str, batch_idx: int, logits=None) -> None:
+        with outside_inference_mode(), seeded(self.seed, split, batch_idx, model.device):
+            x, y = x.clone(), y.clone()
+            clean, adv = meter.update(model, x, y, self.attack, self.lipschitz, logits)
+            if split == "test" and self.attack is not None:
+                for probe in self.probes:
+                    if probe.wants(batch_idx):
+                        probe.observe(model, x, y, self.attack, clean, adv)
+
+    def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None) -> SplitMeter:
+        """One pass over ``loader`` measuring the same three numbers as the test loop."""
+        with outside_inference_mode():
+            meter = meter if meter is not None else SplitMeter().to(model.device)
+        for batch_idx, (x, y) in enumerate(loader):
+            self._measure(model, meter, x.to(model.device), y.to(model.device), split, batch_idx)
+        return meter
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        metrics = self.test_meter.compute("test")
-        if self.evaluate_train:
-            metrics.update(self.evaluate_loader(pl_module, trainer.datamodule.train_eval_dataloader(), "train"))
+        datamodule = getattr(trainer, "datamodule", None)
+        rank, world = trainer.global_rank, trainer.world_size
+        if self._own_test_pass(trainer):
+            self.measure_loader(pl_module, unrepeated_shard(datamodule.test_dataloader(), rank, world), "test", self.test_meter)
+        with outside_inference_mode():
+            metrics = self.test_meter.compute("test")
+            self.counts = {"test": self.test_meter.count()}
+            if self.evaluate_train and datamodule is not None and hasattr(datamodule, "train_eval_dataloader"):
+                loader = unrepeated_shard(datamodule.train_eval_dataloader(), rank, world)
+                train_meter = self.measure_loader(pl_module, loader, "train")
+                metrics.update(train_meter.compute("train"))
+                self.counts["train"] = train_meter.count()
+            elif self.evaluate_train:
+                log.warning("no datamodule with train_eval_dataloader(): train/* metrics and gaps are skipped")
+            self.sections = {probe.section: probe.results() for probe in self.probes}
         self.metrics = with_gaps(metrics)
         for name, value in self.metrics.items():
             pl_module.log(name, value, sync_dist=False, rank_zero_only=True)
-        if self.results_file is not None and trainer.is_global_zero:
-            self.write_results(trainer)
-
-    def evaluate_loader(self, model: pl.LightningModule, loader, prefix: str) -> dict[str, float]:
-        """One pass over ``loader`` measuring the same three numbers as the test loop."""
-        meter = _SplitMeter().to(model.device)
-        for x, y in loader:
-            x, y = x.to(model.device), y.to(model.device)
-            meter.update(model, x, y, self.attack, self.lipschitz)
-        return meter.compute(prefix)
+        if trainer.is_global_zero:
+            for probe in self.probes:
+                probe.report(self.sections[probe.section])
+            if self.results_file is not None:
+                self.write_results(trainer)
 
     def write_results(self, trainer: pl.Trainer) -> Path:
         ordered = {key: self.metrics[key] for key in RESULT_KEYS if key in self.metrics}
         payload = {
             "metrics": ordered,
             "attack": repr(self.attack),
+            "lipschitz": repr(self.lipschitz),
+            "seed": self.seed,
+            "examples": self.counts,
             "epochs_trained": trainer.current_epoch,
+            **self.sections,
             **self.extra_results,
         }
         path = write_json_atomic(self.results_file, payload)
+        for probe in self.probes:
+            probe.write_files(path.parent)
         log.info("wrote %s", path)
         return path
+

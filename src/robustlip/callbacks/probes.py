@@ -1,0 +1,144 @@
+"""Extra attacks on the test set, run by ``RobustEvaluation`` next to its own: the ε sweep.
+
+A *probe* sees every test batch the evaluation sees (after the clean and the main adversarial
+forward passes, whose results it may reuse), accumulates sum-state metrics (exact across processes)
+and returns a JSON-able section for ``results.json``. ``max_batches`` bounds the extra cost.
+
+``EpsSweep`` answers "how does adversarial accuracy fall with the radius?": the configured attack at
+every ε of a list (``variants.with_eps``), written as ``eps_sweep.csv`` and ``eps_sweep.png`` next
+to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustlip.attacks.base import Attack
+from robustlip.callbacks.variants import with_eps
+from robustlip.metrics.robust_accuracy import CorrectFraction
+from robustlip.validation import ConfigError
+
+
+class Probe(nn.Module):
+    """Base of the test-set probes: batch budget, reset, and the hook ``RobustEvaluation`` calls."""
+
+    #: Key of this probe's section in results.json.
+    section = "probe"
+
+    def __init__(self, max_batches: int | None = None) -> None:
+        super().__init__()
+        self.max_batches = max_batches
+
+    def wants(self, batch_idx: int) -> bool:
+        return self.max_batches is None or batch_idx < self.max_batches
+
+    def observe(self, model: nn.Module, x: Tensor, y: Tensor, attack: Attack, clean: Tensor, adv: Tensor | None) -> None:
+        """One test batch; ``clean``/``adv`` are the logits the evaluation already computed."""
+        raise NotImplementedError
+
+    def results(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def write_files(self, directory: Path) -> list[Path]:
+        """Side files next to results.json (none by default)."""
+        return []
+
+    def report(self, section: dict[str, Any]) -> None:
+        """Tell the user about this probe's section (nothing by default; the checks warn)."""
+
+    def reset(self) -> None:
+        for metric in self.modules():
+            if metric is not self and hasattr(metric, "reset"):
+                metric.reset()
+
+
+def adversarial_logits(model: nn.Module, attack: Attack, x: Tensor, y: Tensor) -> Tensor:
+    """The logits of ``model`` at ``attack``'s adversarial points (evaluation of one variant)."""
+    x_adv = attack(model, x, y)
+    with torch.no_grad():
+        return model(x_adv)
+
+
+class AccuracyCurve(nn.Module):
+    """Adversarial accuracy at a fixed list of radii; ε=0 and the main attack's ε reuse computed logits."""
+
+    def __init__(self, eps: Sequence[float]) -> None:
+        super().__init__()
+        if not eps:
+            raise ConfigError("eps_sweep.eps=[] is not allowed; give at least one radius")
+        self.eps = sorted(float(e) for e in eps)
+        self.acc = nn.ModuleList(CorrectFraction() for _ in self.eps)
+
+    def update(
+        self, model: nn.Module, x: Tensor, y: Tensor, attack: Attack, adv: Tensor | None, clean: Tensor | None = None
+    ) -> None:
+        for eps, metric in zip(self.eps, self.acc):
+            if clean is not None and eps == 0:
+                metric.update(clean, y)
+            elif adv is not None and abs(eps - attack.eps) < 1e-12:
+                metric.update(adv, y)
+            else:
+                metric.update(adversarial_logits(model, with_eps(attack, eps), x, y), y)
+
+    def points(self) -> list[dict[str, float]]:
+        return [{"eps": eps, "adv_acc": metric.compute().item()} for eps, metric in zip(self.eps, self.acc)]
+
+    def count(self) -> int:
+        return int(self.acc[0].total)
+
+
+class EpsSweep(Probe):
+    """Adversarial test accuracy of the configured attack for a list of ε (CSV + PNG curve)."""
+
+    section = "eps_sweep"
+
+    def __init__(self, eps: Sequence[float], max_batches: int | None = None, filename: str = "eps_sweep") -> None:
+        super().__init__(max_batches)
+        self.curve = AccuracyCurve(eps)
+        self.filename = filename
+
+    def observe(self, model, x, y, attack, clean, adv) -> None:
+        self.curve.update(model, x, y, attack, adv, clean)
+
+    def results(self) -> dict[str, Any]:
+        return {"n": self.curve.count(), "points": self.curve.points()}
+
+    def write_files(self, directory: Path) -> list[Path]:
+        points = self.curve.points()
+        return [write_curve_csv(points, directory / f"{self.filename}.csv"), plot_curve(points, directory / f"{self.filename}.png")]
+
+
+def write_curve_csv(points: list[dict[str, float]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["eps", "adv_acc"])
+        writer.writeheader()
+        writer.writerows(points)
+    return path
+
+
+def plot_curve(points: list[dict[str, float]], path: Path, title: str = "adversarial accuracy vs ε") -> Path:
+    """Accuracy-vs-ε plot; Agg backend, so it works on machines without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([p["eps"] for p in points], [p["adv_acc"] for p in points], marker="o")
+    ax.set_xlabel("ε (pixel units)")
+    ax.set_ylabel("adversarial test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
