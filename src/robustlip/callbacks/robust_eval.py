@@ -272,6 +272,9 @@ class RobustEvaluation(pl.Callback):
         datamodule = getattr(trainer, "datamodule", None)
         rank, world = trainer.global_rank, trainer.world_size
         if self._own_test_pass(trainer):
+            if datamodule is None:
+                raise RuntimeError("RobustEvaluation on several devices shards datamodule.test_dataloader() itself; "
+                                   "pass a datamodule to trainer.test, not bare dataloaders")
             self.measure_loader(pl_module, unrepeated_shard(datamodule.test_dataloader(), rank, world), "test", self.test_meter)
         with outside_inference_mode():
             metrics = self.test_meter.compute("test")
