@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from torch.utils.data import TensorDataset
 from sklearn.datasets import load_digits
+from torchvision.transforms import v2
 
 from robustlip.metrics.separation import (
     _search_torch,
@@ -23,7 +26,7 @@ from robustlip.metrics.separation import (
     summarize,
     to_grid,
 )
-from robustlip.separation import kept_indices, separation
+from robustlip.separation import kept_indices, load_arrays, raw_storage, separation
 from robustlip.validation import ConfigError
 from tests.conftest import compose_train_cfg
 
@@ -46,14 +49,18 @@ def random_case(rng, n_q, n_r, dim, n_classes, levels):
 # ------------------------------------------------------------------------------------------------
 # The integer grid
 # ------------------------------------------------------------------------------------------------
-def test_to_grid_is_lossless_and_refuses_anything_between_levels():
-    k = np.arange(256, dtype=np.uint8)
-    as_float = torch.from_numpy(k).float().div(255).numpy()  # what ToTensor makes of 8-bit pixels
-    np.testing.assert_array_equal(to_grid(as_float), k)
-    assert to_grid(np.nextafter(as_float, np.float32(2))) is None  # one ulp off the grid
+def test_to_grid_decodes_8bit_encodings_and_refuses_anything_between_levels():
+    k = torch.arange(256, dtype=torch.uint8)
+    divided = k.float().div(255).numpy()  # ToTensor: correctly rounded k/255
+    multiplied = v2.ToDtype(torch.float32, scale=True)(k.reshape(1, 16, 16)).flatten().numpy()  # DataModules
+    assert not np.array_equal(divided, multiplied)  # two encodings, 1 ulp apart for some levels
+    np.testing.assert_array_equal(to_grid(divided), k.numpy())
+    np.testing.assert_array_equal(to_grid(multiplied), k.numpy())
+    assert to_grid(divided + np.float32(0.01 / 255)) is None  # a hundredth of a level off the grid
     assert to_grid(np.array([0.5], dtype=np.float32)) is None  # 127.5 / 255
     assert to_grid(np.array([1.5], dtype=np.float32)) is None  # outside [0, 1]
-    assert to_grid(k) is k
+    as_uint8 = k.numpy()
+    assert to_grid(as_uint8) is as_uint8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,3 +259,34 @@ def test_drop_indices_removes_the_closest_pair(train_cfg, tmp_path):
     assert second["splits"]["train_train"]["count"] == 1347 - 2
     assert second["splits"]["train_train"]["min"] >= first["splits"]["train_train"]["min"]
     assert second["drop_indices"] == sorted(drop)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "svhn"])
+def test_raw_storage_reads_what_the_datamodule_serves(name, tmp_path, monkeypatch):
+    """The fast read of torchvision's uint8 storage equals reading every example through the DataLoader."""
+    from tests._fake_datasets import relax_md5, write_fake
+
+    relax_md5(monkeypatch)
+    cfg = compose_train_cfg(tmp_path, [f"data={name}"], config_name="separation")
+    write_fake(name, Path(cfg.paths.data_dir))
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    for dataset in (datamodule.train_eval_set, datamodule.test_set):
+        assert raw_storage(dataset) is not None  # the fast path is taken...
+        fast_x, fast_y = load_arrays(dataset)
+        slow_x, slow_y = load_arrays(dataset, raw=False)  # ...and agrees with the slow one
+        assert fast_x.dtype == slow_x.dtype == np.uint8
+        np.testing.assert_array_equal(fast_x, slow_x)
+        np.testing.assert_array_equal(fast_y, slow_y)
+
+
+def test_raw_storage_refuses_a_transform_that_changes_pixels(tmp_path):
+    from torchvision.datasets import MNIST
+
+    from tests._fake_datasets import write_idx
+
+    write_idx(tmp_path / "MNIST" / "raw")
+    flipped = MNIST(str(tmp_path), train=True, transform=v2.Compose([
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomHorizontalFlip(1.0)]))
+    assert raw_storage(flipped) is None
+    assert raw_storage(TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4))) is None  # no .data

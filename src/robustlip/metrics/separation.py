@@ -7,10 +7,10 @@ for the same reason). The answer must be *exact* — the paper reads a minimum o
 method (scikit-learn ``NearestNeighbors(p=inf)``, one index per class) costs about an hour for
 Fashion-MNIST's 60k × 60k × 784 on two cores. This engine does the same exact search in seconds:
 
-1. **Integer grid.** Images stored as ``k/255`` (every 8-bit dataset once ``ToTensor``-ed) are mapped
-   back to ``uint8`` losslessly (checked value by value, never assumed); distances are then integers
-   ``k`` and are reported as ``k / 255``, the exact distance between the 8-bit images. One AVX2 lane
-   holds 32 pixels. Other data (e.g. scikit-learn's digits, ``k/16``) keeps float32, and distances are
+1. **Integer grid.** Images stored as float32 encodings of ``k/255`` (every 8-bit dataset once
+   converted to a tensor) are decoded back to ``uint8`` (checked value by value, never assumed);
+   distances are then integers ``k``, reported as ``k / 255``: the exact distance between the 8-bit
+   images (a float32 computation on the tensors agrees to ~2e-7). One AVX2 register holds 32 pixels. Other data (e.g. scikit-learn's digits, ``k/16``) keeps float32, and distances are
    the float32 ``max |x_i - r_i|`` — the very number a brute-force float32 computation gives.
 2. **Exact pruning.** Per query we keep the best distance so far. A candidate is abandoned as soon as
    any coordinate differs by more than that, which is decided on 32-coordinate chunks with one
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: 8-bit images: every value is k / GRID_LEVELS for an integer k in [0, 255].
 GRID_LEVELS = 255
+#: How far (in levels) a float32 value may sit from k to count as the 8-bit level k; see to_grid.
+GRID_TOLERANCE = 1e-3
 #: Coordinates tested first, in one go: most pairs are ruled out here (two AVX2 registers of uint8).
 HEAD = 64
 #: Coordinates per later early-abandon test: one AVX2 register of uint8.
@@ -79,26 +81,24 @@ class NearestOtherClass:
 # Input handling
 # ----------------------------------------------------------------------------------------------------
 def to_grid(x: np.ndarray, levels: int = GRID_LEVELS, rows: int = 4096) -> np.ndarray | None:
-    """``x`` as uint8 ``k`` if every value is exactly float32(k / levels), else None.
+    """``x`` decoded to uint8 levels ``k`` if it holds 8-bit images, else None.
 
-    The test is a lossless round trip: quantise, map back to float32 and compare bit for bit. It
-    accepts what torchvision's ``ToTensor``/``ToDtype(scale=True)`` produce from 8-bit images (a
-    correctly rounded ``k / 255`` in float32) and refuses anything in between, so the integer path
-    can never change an answer. ``uint8`` input is already on the grid. Works ``rows`` at a time
-    to keep the float64 temporaries small.
+    8-bit images reach us as float32 encodings of k / 255, and not always the same one: a correctly
+    rounded division (``ToTensor``) or a multiplication by float32(1/255) (torchvision v2's
+    ``ToDtype(scale=True)``, 1 ulp off for half of the levels). Every value must lie within
+    ``GRID_TOLERANCE`` levels of an integer k in [0, 255] — float32 encodings are within 2e-5 — so
+    the decoding is unambiguous and no data off the grid is ever rounded onto it. ``uint8`` input is
+    already on the grid. Works ``rows`` at a time to keep the float64 temporaries small.
     """
     if x.dtype == np.uint8:
         return x
     out = np.empty(x.shape, dtype=np.uint8)
     for start in range(0, len(x), rows):
-        xf = np.asarray(x[start:start + rows], dtype=np.float32)
-        k = np.rint(xf.astype(np.float64) * levels)
-        if k.size and (k.min() < 0 or k.max() > 255):
+        scaled = np.asarray(x[start:start + rows], dtype=np.float64) * levels
+        k = np.rint(scaled)
+        if k.size and (k.min() < 0 or k.max() > 255 or np.abs(scaled - k).max() > GRID_TOLERANCE):
             return None
-        k8 = k.astype(np.uint8)
-        if not np.array_equal(k8.astype(np.float32) / np.float32(levels), xf):
-            return None
-        out[start:start + rows] = k8
+        out[start:start + rows] = k
     return out
 
 
