@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from torch.utils.data import TensorDataset
 from sklearn.datasets import load_digits
+from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
 from robustlip.metrics.separation import (
-    _search_torch,
     _common_inputs,
+    _search_torch,
     brute_force_nearest_other_class,
     closest_pairs,
     nearest_other_class,
@@ -137,9 +137,9 @@ def test_uint8_path_on_real_images_equals_brute_force():
 @pytest.mark.fashion
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs /usr/share/datasets/fashion-mnist")
 def test_fashion_mnist_subset_equals_brute_force():
-    from robustlip.data import FashionMNISTDataModule  # noqa: PLC0415 - only where the data is
-
     import gzip
+
+    from robustlip.data import FashionMNISTDataModule
 
     with gzip.open(FASHION / "train-images-idx3-ubyte.gz") as f:
         x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)[:3000]

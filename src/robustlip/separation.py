@@ -142,8 +142,8 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
         "dataset": str(cfg.data.name),
         "eps": eps,
         "two_eps": 2 * eps,
-        "n_train": int(len(x_train)),
-        "n_test": int(len(x_test)),
+        "n_train": len(x_train),
+        "n_test": len(x_test),
         "drop_indices": sorted(int(i) for i in cfg.get("drop_indices") or []),
         "splits": {},
     }

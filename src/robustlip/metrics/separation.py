@@ -55,7 +55,7 @@ QUERY_BLOCK = 32
 REF_TILE = 2048
 #: Sizes of the sample that chooses the coordinate order (queries, references per query).
 ORDER_SAMPLE_QUERIES = 32
-ORDER_SAMPLE_REFS = 2048
+ORDER_SAMPLE_REFS = 8192
 #: The greedy order goes on while this many sample pairs are still unresolved; variance order after.
 MIN_ALIVE = 8
 _NO_INDEX = np.iinfo(np.int64).max
@@ -364,46 +364,54 @@ def coordinate_order(q, yq, r, yr, n_classes, seed: int = 0) -> np.ndarray:
     """A visiting order of the coordinates that lets the search abandon far pairs early.
 
     Speed only — any order gives the same exact answer. Start from variance order (a pixel that
-    varies a lot tends to differ a lot); then, on a small sample of queries whose exact nearest
-    other-class distance ``b`` is computed first, pick coordinates greedily: each next coordinate
-    is the one on which the most still-unresolved sample pairs differ by more than ``b`` (a pair
-    is resolved once any chosen coordinate rules it out). This covers far pairs with few,
-    complementary coordinates, where variance order picks many correlated neighbouring pixels.
+    varies a lot tends to differ a lot). Then take a sample of queries, compute their exact nearest
+    other-class distance ``b``, and pick coordinates greedily: each next one is the coordinate on
+    which the most still-unresolved sample pairs (query, other-class reference) differ by more than
+    ``b`` — a pair is resolved, i.e. abandoned by the search, once any chosen coordinate rules it
+    out. This covers far pairs with few complementary coordinates where variance order picks many
+    correlated neighbouring pixels. Greedy works in rounds on a bounded subset of the unresolved
+    pairs, so later coordinates are chosen for the hard pairs that survive the earlier ones.
     """
     rng = np.random.default_rng(seed)
     d = q.shape[1]
     sample_r = r[rng.choice(len(r), size=min(len(r), 8192), replace=False)].astype(np.float32)
     by_variance = np.argsort(-sample_r.var(axis=0), kind="stable")
-    n_head = HEAD
-    if d <= n_head or len(q) == 0:
+    if d <= HEAD or len(q) == 0:
         return by_variance
     qs = rng.choice(len(q), size=min(len(q), ORDER_SAMPLE_QUERIES), replace=False)
     b, _ = _search_sorted(q[qs], yq[qs], r, yr, n_classes, by_variance, seed)
-    # Sample pairs (query, other-class reference), at most ~8M pixel comparisons in memory.
-    per_query = max(1, min(ORDER_SAMPLE_REFS, 8_000_000 // (d * len(qs))))
-    rows = []
+    pair_q, pair_r = [], []
     for i, qi in enumerate(qs):
         other = np.flatnonzero(yr != yq[qi])
-        if len(other) == 0:
-            continue
-        pick = rng.choice(other, size=min(per_query, len(other)), replace=False)
-        diff = np.abs(r[pick].astype(np.float32) - q[qi].astype(np.float32))
-        rows.append(diff > np.float32(b[i]))
-    if not rows:
-        return by_variance
-    rules_out = np.concatenate(rows)
-    alive = np.ones(len(rules_out), dtype=bool)
+        pair_r.append(rng.choice(other, size=min(ORDER_SAMPLE_REFS, len(other)), replace=False))
+        pair_q.append(np.full(len(pair_r[-1]), i))
+    pair_q, pair_r = np.concatenate(pair_q), np.concatenate(pair_r)
+    qf, bf = q[qs].astype(np.float32), b.astype(np.float32)
+    # Each round holds at most ~8M pixel comparisons in memory.
+    per_round = max(MIN_ALIVE, 8_000_000 // d)
     chosen: list[int] = []
     taken = np.zeros(d, dtype=bool)
-    while alive.sum() >= MIN_ALIVE:
-        counts = rules_out[alive].sum(axis=0)
-        counts[taken] = -1
-        c = int(np.argmax(counts))
-        if counts[c] <= 0:
-            break
-        chosen.append(c)
-        taken[c] = True
-        alive &= ~rules_out[:, c]
+    while len(pair_q) >= MIN_ALIVE:
+        pick = rng.choice(len(pair_q), size=min(per_round, len(pair_q)), replace=False)
+        rules_out = np.abs(r[pair_r[pick]].astype(np.float32) - qf[pair_q[pick]]) > bf[pair_q[pick], None]
+        rules_out[:, taken] = False
+        alive = np.ones(len(pick), dtype=bool)
+        new: list[int] = []
+        while alive.sum() >= MIN_ALIVE:
+            counts = rules_out[alive].sum(axis=0)
+            c = int(np.argmax(counts))
+            if counts[c] == 0:
+                break
+            new.append(c)
+            taken[c] = True
+            alive &= ~rules_out[:, c]
+        if not new:
+            break  # what is left is unresolvable: pairs at exactly the nearest distance
+        chosen += new
+        cols = np.asarray(new)
+        diff = np.abs(r[pair_r[:, None], cols].astype(np.float32) - qf[pair_q[:, None], cols])
+        resolved = (diff > bf[pair_q, None]).any(axis=1)
+        pair_q, pair_r = pair_q[~resolved], pair_r[~resolved]
     rest = [c for c in by_variance if not taken[c]]
     return np.asarray(chosen + rest, dtype=np.int64)
 
@@ -466,7 +474,7 @@ def summarize(distance: np.ndarray) -> dict[str, float | int]:
         "mean": float(d.mean()),
         "median": float(np.median(d)),
         "p01": float(np.percentile(d, 1)),
-        "count": int(len(d)),
+        "count": len(d),
     }
 
 
