@@ -18,15 +18,15 @@ from robustlip.attacks.threat import (
 )
 
 __all__ = [
-    "Attack",
     "FGSM",
+    "PGD",
+    "Attack",
     "KLDivergencePGD",
     "L2Threat",
     "LinfRenormThreat",
     "LinfThreat",
     "LocalLinearityPGD",
     "MultiTargeted",
-    "PGD",
     "ThreatModel",
     "attack_context",
     "canonical_norm",

@@ -115,7 +115,7 @@ class LinfRenormThreat(LinfThreat):
         return x_adv + step_size * grad / (_per_example_norm(grad, math.inf) + 1e-12)
 
 
-def canonical_norm(norm: str | float | int, key: str = "norm") -> str:
+def canonical_norm(norm: str | float, key: str = "norm") -> str:
     """The norm's name, "inf" or "2", for any spelling a config may hold ("inf", ``math.inf``, 2, "2", ...)."""
     if norm in ("inf", "linf", "Linf", math.inf):
         name = "inf"
@@ -125,6 +125,6 @@ def canonical_norm(norm: str | float | int, key: str = "norm") -> str:
     return name
 
 
-def make_threat(norm: str | float | int, eps: float) -> ThreatModel:
+def make_threat(norm: str | float, eps: float) -> ThreatModel:
     """Build the threat model named by ``norm`` ("inf" or "2"; also accepts ``math.inf`` and 2)."""
     return LinfThreat(eps) if canonical_norm(norm) == "inf" else L2Threat(eps)

@@ -56,7 +56,7 @@ class RobustDataModule(pl.LightningDataModule):
         eps: float = 0.1,
         batch_size: int = 64,
         eval_batch_size: int = 256,
-        val_size: int | float = 0.1,
+        val_size: float = 0.1,
         train_eval_size: int | None = None,
         test_size: int | None = None,
         num_workers: int = 0,

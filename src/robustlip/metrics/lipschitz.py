@@ -40,7 +40,7 @@ INIT_STD = 1e-3
 DENOMINATOR_OFFSET = 1e-6
 
 
-def _norm_order(key: str, value: str | float | int) -> float:
+def _norm_order(key: str, value: str | float) -> float:
     """``1``, ``2`` or ``inf`` (also spelled "inf"/"linf") as a float usable by ``torch.linalg.vector_norm``."""
     if value in ("inf", "linf", "Linf", math.inf):
         return math.inf
