@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torchvision
 from hydra.utils import instantiate
 
 from robustlip.data import (
@@ -22,17 +20,14 @@ from robustlip.data import (
 )
 from robustlip.data.restricted_imagenet import SUPERCLASS_RANGES, SUPERCLASSES, wnid_to_superclass
 from robustlip.validation import ConfigError
-from tests._fake_datasets import fake_wnids, write_cifar10, write_idx, write_image_tree, write_svhn
+from tests._fake_datasets import fake_wnids, relax_md5, write_cifar10, write_idx, write_image_tree, write_svhn
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture
 def no_md5(monkeypatch):
-    """Our fake CIFAR/SVHN files cannot match the real files' md5 sums; check that they exist instead."""
-    exists = lambda fpath, md5=None: os.path.isfile(fpath)  # noqa: E731
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", exists)
-    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", exists)
+    relax_md5(monkeypatch)
 
 
 def _all(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,7 +254,7 @@ def test_tsipras_distribution_has_a_robust_and_many_weak_features():
     assert (weak * sign[:, None]).mean() == pytest.approx(dm.eta, abs=0.01)
     # Averaging the weak features classifies well; shifting each pixel by eps = 2*eta*scale against
     # the label (the attack of Tsipras et al.) makes the same classifier almost always wrong.
-    average = lambda pixels: ((pixels.flatten(1)[:, 1:] - 0.5).mean(1) > 0).long()  # noqa: E731
+    average = lambda pixels: ((pixels.flatten(1)[:, 1:] - 0.5).mean(1) > 0).long()
     assert (average(x) == y).float().mean() > 0.98
     attacked = x - dm.pixel_eps * sign[:, None, None, None]
     assert (average(attacked) == y).float().mean() < 0.05

@@ -12,7 +12,6 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
-from omegaconf.errors import ConfigAttributeError
 
 from robustlip.config import config_dir
 from robustlip.train import build_module, train
@@ -136,3 +135,5 @@ def test_wandb_offline_and_disabled_need_no_network(train_cfg, tmp_path, monkeyp
         import wandb
 
         assert wandb.run is None, "every job must call wandb.finish()"
+        offline_runs = list(tmp_path.rglob("offline-run-*"))
+        assert bool(offline_runs) == (mode == "offline"), (mode, offline_runs)

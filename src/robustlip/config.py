@@ -1,14 +1,40 @@
-"""Where the Hydra configs live and how a run directory is prepared."""
+"""Where the Hydra configs live, how a config node becomes an object, and how a run directory is written.
+
+Three reliability rules live here (issue 9):
+
+* :func:`instantiate_group` builds one config group and, when a constructor rejects a value with a
+  :class:`~robustlip.validation.ConfigError`, re-raises that error itself (prefixed with the group, e.g.
+  ``attack.norm='l3' is not allowed; ...``) instead of Hydra's ``InstantiationException`` wall;
+* :func:`to_plain_dict` redacts secrets (keys that look like credentials, and the values of secret
+  environment variables such as ``WANDB_API_KEY``), so no API key reaches config.yaml, a checkpoint's
+  hyper-parameters, the CSV logger's hparams.yaml or wandb's config;
+* :func:`save_resolved_config` writes config.yaml atomically, after validation, so a failing run
+  never leaves a half-written or foreign config.yaml next to an earlier run's results.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from robustlip.validation import ConfigError
 
 #: conf/ ships inside the package as `robustlip.conf`; this reaches it in a checkout and when installed.
 CONFIG_PATH = "pkg://robustlip.conf"
+
+#: Config keys whose values are credentials, whatever group they sit in.
+SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+#: Environment variables whose values must never be written anywhere.
+SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AWS_SECRET_ACCESS_KEY")
+REDACTED = "<redacted>"
 
 
 def config_dir() -> Path:
@@ -16,13 +42,78 @@ def config_dir() -> Path:
     return Path(str(files("robustlip.conf")))
 
 
+def _secret_values() -> list[str]:
+    return [v for name in SECRET_ENV_VARS if len(v := os.environ.get(name, "")) >= 6]
+
+
+def redact(value: Any, secrets: list[str] | None = None) -> Any:
+    """``value`` with credential-like keys and secret environment values replaced by ``<redacted>``."""
+    secrets = _secret_values() if secrets is None else secrets
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and SECRET_KEY_PATTERN.search(k) and v not in (None, "") else redact(v, secrets))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+    return value
+
+
 def to_plain_dict(cfg: DictConfig) -> dict:
-    """The config resolved to plain Python values: what checkpoints and results.json may hold."""
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+    """The config resolved to plain Python values, secrets redacted: what checkpoints and results may hold."""
+    return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))  # type: ignore[return-value]
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
+def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``instantiate`` the node at dotted ``key``, turning a rejected value into a ConfigError that names ``key``."""
+    try:
+        return instantiate(OmegaConf.select(cfg, key, throw_on_missing=True), **kwargs)
+    except InstantiationException as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, ConfigError):
+            message = str(cause)
+            if not message.startswith(f"{key}."):
+                message = f"{key}.{message}" if re.match(r"^[\w.]+=", message) else f"{key}: {message}"
+            raise type(cause)(message) from exc
+        if isinstance(cause, (FileNotFoundError, NotADirectoryError)):
+            raise ConfigError(f"{key}: {cause}") from exc
+        raise
+
+
+def _readable(path: str) -> None:
+    """mkstemp creates 0600 files; give them the usual permissions (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write through a temporary file in the same directory and a rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        _readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:
-    path = Path(output_dir) / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(to_plain_dict(cfg))))
-    return path
+    """config.yaml of the run: resolved, secrets redacted, written atomically (call it after validation)."""
+    return write_text_atomic(Path(output_dir) / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_plain_dict(cfg))))

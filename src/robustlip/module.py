@@ -26,6 +26,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the step and the loss parts."""
 
 
+class NonFiniteWeightsError(NonFiniteLossError):
+    """A checkpoint was about to be written with NaN/inf weights; refused so the last good one survives."""
+
+
 class RobustClassifier(pl.LightningModule):
     def __init__(
         self,
@@ -46,6 +50,7 @@ class RobustClassifier(pl.LightningModule):
         self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        self._last_parts: dict[str, Tensor] = {}
 
     @staticmethod
     def _num_classes(net: nn.Module) -> int:
@@ -58,6 +63,8 @@ class RobustClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         out = self.objective(self.net, x, y)
+        # Kept as tensors (no device sync per step); formatted only if a checkpoint is refused.
+        self._last_parts = {k: v.detach() for k, v in out.parts.items()}
         if not torch.isfinite(out.loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.parts.items())
             raise NonFiniteLossError(
@@ -82,6 +89,21 @@ class RobustClassifier(pl.LightningModule):
         x, y = batch
         self.test_acc(self.net(x), y)
         self.log("test/clean_acc", self.test_acc, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to write NaN/inf weights: a finite loss can still come with a non-finite gradient step,
+        and the next save would replace the last good ``last.ckpt`` with a model that is lost for good."""
+        bad = [
+            name for name, t in checkpoint["state_dict"].items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        if bad:
+            parts = ", ".join(f"{k}={float(v):.4g}" for k, v in self._last_parts.items())
+            raise NonFiniteWeightsError(
+                f"weights became non-finite ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) by epoch "
+                f"{self.current_epoch}, global step {self.global_step}; last loss parts: {parts or 'none'}; "
+                "refusing to save this checkpoint"
+            )
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())

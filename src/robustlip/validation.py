@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -33,3 +36,24 @@ def check_probability(key: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}={value!r} is not allowed; it must be a number in [0, 1)")
     return float(value)
+
+
+def check_writable_dir(key: str, path: str | Path) -> Path:
+    """Create ``path`` if needed and prove it takes a file, so an unwritable run directory fails before training.
+
+    Checked by writing and removing a probe file: permission bits alone do not tell (root, ACLs,
+    read-only mounts, a regular file where a directory should be).
+    """
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"{key}={str(path)!r} is not writable ({reason}); choose a directory you can write to "
+            "(hydra.run.dir=..., or ROBUSTLIP_LOG_DIR=... for the default run directories)"
+        ) from exc
+    return path

@@ -1,0 +1,232 @@
+"""Checkpoints that are safe to load, checked before use, and written so a crash never leaves half a file.
+
+Checkpoints travel between people and survive preemptions, so every load goes through
+:func:`load_checkpoint`: ``torch.load(weights_only=True)`` only (a file that needs arbitrary pickled
+code is refused, since unpickling it could run that code), and a missing, empty, truncated or corrupt
+file becomes one :class:`CheckpointError` line that names the file and what is wrong with it instead of
+a zip-reader traceback. :func:`check_compatible` compares a checkpoint with the run about to use it
+(architecture, number of classes, tensor shapes) so a wrong file fails before training, not inside
+``load_state_dict`` after minutes of data loading. ``robustlip-eval`` (issue 4) uses the same two
+functions.
+
+:func:`resolve_ckpt_path` turns the ``ckpt_path`` / ``resume`` keys of ``train.yaml`` into a file:
+``ckpt_path=last`` is ``<run dir>/checkpoints/last.ckpt`` (an error when it is missing: the user asked
+for it), ``resume=auto`` takes the newest of ``last.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt``
+when one exists and starts fresh otherwise (what a requeued job wants).
+
+:class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the *same* directory and
+renames it into place, so SIGKILL or a full disk during a save leaves the previous ``last.ckpt``
+intact (Lightning's own transaction writes through the system temp dir, which is a copy, not a rename,
+when ``/tmp`` is another file system).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from robustlip.validation import ConfigError, check_choice
+
+#: Values of the ``resume`` key of train.yaml.
+RESUME_MODES = ("never", "auto")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: missing, corrupt, unsafe, or made for another model."""
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    """Where ModelCheckpoint (conf/callbacks/default.yaml) writes: ``<run dir>/checkpoints``."""
+    return Path(output_dir) / "checkpoints"
+
+
+def last_checkpoint(output_dir: str | Path) -> Path:
+    return checkpoint_dir(output_dir) / "last.ckpt"
+
+
+def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a Lightning checkpoint with ``weights_only=True`` on the CPU, or raise one clear CheckpointError.
+
+    ``key`` is the config key the path came from, so the message names it (``ckpt_path=...``).
+    """
+    path = Path(path).expanduser()
+    where = f"{key}={str(path)!r}"
+    if not path.exists():
+        raise CheckpointError(f"{where} does not exist; give the path of a .ckpt file written by robustlip-train")
+    if not path.is_file():
+        raise CheckpointError(f"{where} is not a file; give the path of a .ckpt file, e.g. <run dir>/checkpoints/last.ckpt")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{where} is empty (0 bytes): the save was interrupted; use another checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch raises the same error for a pickled class ("Unsupported global") and for bytes that are
+        # not a pickle at all ("Unsupported operand"): only the first is code we refuse to run.
+        if "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{where} was refused: it needs arbitrary pickled code to load ({_unsafe_globals(path, exc)}), and "
+                "unpickling it could run that code. robustlip loads checkpoints with torch.load(weights_only=True) "
+                "only; re-save the file from a trusted source as plain tensors and numbers"
+            ) from exc
+        raise CheckpointError(
+            f"{where} is truncated or corrupt and cannot be read (not a torch checkpoint: {_one_line(exc)[-80:]}); "
+            "use another checkpoint, e.g. the best-*.ckpt next to it"
+        ) from exc
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{where} is truncated or corrupt and cannot be read ({type(exc).__name__}: {_one_line(exc)}); "
+            "use another checkpoint, e.g. the best-*.ckpt next to it"
+        ) from exc
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        found = sorted(ckpt)[:6] if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{where} is not a Lightning checkpoint of robustlip-train (no 'state_dict'; found {found})"
+        )
+    return dict(ckpt)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _unsafe_globals(path: Path, exc: BaseException) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # noqa: BLE001 - the message is a courtesy; fall back to torch's text
+        names = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    return "objects of " + ", ".join(names) if names else "non-tensor objects"
+
+
+def checkpoint_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved run config stored by RobustClassifier (empty when the file has none)."""
+    hparams = ckpt.get("hyper_parameters") or {}
+    config = hparams.get("config") if isinstance(hparams, Mapping) else None
+    return dict(config) if isinstance(config, Mapping) else {}
+
+
+def _select(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+#: What must agree between a checkpoint and the run that loads it: the network and its output layer.
+COMPATIBILITY_KEYS = ("model._target_", "model.num_classes", "data.num_classes", "data.in_channels")
+
+
+def check_compatible(
+    ckpt: Mapping[str, Any],
+    cfg: Mapping[str, Any] | Any,
+    module: torch.nn.Module | None = None,
+    key: str = "ckpt_path",
+    path: str | Path | None = None,
+) -> None:
+    """Raise CheckpointError when ``ckpt`` was made for another network than ``cfg`` (and ``module``) describe.
+
+    Compares the architecture and the number of classes/channels recorded in the checkpoint's config,
+    then, when ``module`` is given, every tensor name and shape of its state_dict, so a mismatch is
+    named (``net.fc.weight has shape [10, 64] in the checkpoint but [5, 64] here``) before training.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    if path is not None:
+        key = f"{key}={str(path)!r}"
+
+    here = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    there = checkpoint_config(ckpt)
+    for dotted in COMPATIBILITY_KEYS:
+        mine, theirs = _select(here, dotted), _select(there, dotted)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise CheckpointError(
+                f"{key} holds a checkpoint for {dotted}={theirs!r} but this run has {dotted}={mine!r}; "
+                f"use a checkpoint trained with {dotted}={mine!r} or set {dotted}={theirs!r}"
+            )
+    if module is None:
+        return
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    stored = {name: tuple(t.shape) for name, t in ckpt["state_dict"].items() if hasattr(t, "shape")}
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{key} holds a checkpoint of another architecture: missing {missing[:3]}, unexpected {unexpected[:3]} "
+            f"(model._target_={_select(there, 'model._target_')!r} in the checkpoint, "
+            f"{_select(here, 'model._target_')!r} here)"
+        )
+    for name, shape in expected.items():
+        if stored[name] != shape:
+            raise CheckpointError(
+                f"{key} holds a checkpoint of another shape: {name} has shape {list(stored[name])} in the checkpoint "
+                f"but {list(shape)} here (check model.* and data.num_classes against the checkpoint's config)"
+            )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, resume: str | None, output_dir: str | Path) -> str | None:
+    """The checkpoint file a run starts from, or None for a fresh start.
+
+    ``ckpt_path``: None, ``last`` (``<run dir>/checkpoints/last.ckpt``, which must exist) or a path.
+    ``resume``: ``never`` or ``auto`` (newest of last.ckpt and Lightning's ``hpc_ckpt_*.ckpt`` in the
+    run dir when ``ckpt_path`` is not given; a fresh start when there is none).
+    """
+    mode = check_choice("resume", resume or "never", RESUME_MODES)
+    if ckpt_path not in (None, ""):
+        if str(ckpt_path) == "last":
+            path = last_checkpoint(output_dir)
+            if not path.is_file():
+                raise CheckpointError(
+                    f"ckpt_path=last, but there is no {path}; resume in the run directory of the interrupted run "
+                    "(hydra.run.dir=<that dir>), or use resume=auto to start fresh when no checkpoint exists"
+                )
+            return str(path)
+        return str(Path(str(ckpt_path)).expanduser())
+    if mode == "auto":
+        candidates = [last_checkpoint(output_dir), *Path(output_dir).glob("hpc_ckpt_*.ckpt")]
+        existing = [p for p in candidates if p.is_file()]
+        if existing:
+            return str(max(existing, key=lambda p: p.stat().st_mtime))
+    return None
+
+
+def _readable(path: str) -> None:
+    """mkstemp creates 0600 files; give them the usual permissions (0666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves through a temporary file in the target directory and an atomic rename (fsync'ed).
+
+    A reader (or a resumed run) sees either the previous complete file or the new complete file,
+    never a partial one, whatever kills the process mid-save.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _readable(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
