@@ -1,0 +1,96 @@
+"""wandb as a view on top of the files (DESIGN.md): what a dashboard needs to compare methods.
+
+``WandbResults`` is a Lightning callback that, at the end of testing, puts the paper's final metrics
+into the run summary, logs them as a one-row ``wandb.Table`` (key ``results``; a workspace panel
+concatenates the rows of all runs, one table per sweep), records the paper's row label (``method``,
+e.g. ``TRADES(β=6)``) and ``dropout`` in the run config, and adds the job's Hydra overrides as tags.
+The run *group* is fixed when the run starts, so sweeps set it on the command line
+(``logger.wandb.group=<sweep name>``, as the scripts in multirun_sweeps/ do).
+
+Without a ``WandbLogger`` it does nothing, so the default callbacks (conf/callbacks/default.yaml) include it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+
+from robustlip.results import RESULT_KEYS
+
+log = logging.getLogger(__name__)
+
+#: wandb rejects tags longer than 64 characters.
+_MAX_TAG = 64
+
+
+def hydra_overrides() -> list[str]:
+    """The ``key=value`` overrides of the current Hydra job (the swept values in a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return []
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except Exception:  # noqa: BLE001 - no Hydra context (tests, notebooks): no tags
+        return []
+
+
+def override_tags(overrides: list[str]) -> list[str]:
+    """Overrides usable as tags: no paths or long values (wandb limits tags to 64 characters)."""
+    tags = []
+    for item in overrides:
+        text = item.lstrip("+~")
+        if "/" in text.split("=", 1)[-1] or len(text) > _MAX_TAG:
+            continue
+        tags.append(text)
+    return tags
+
+
+class WandbResults(pl.Callback):
+    """Final metrics -> wandb run summary + ``results`` table + method/dropout config + override tags."""
+
+    def __init__(self, table_key: str = "results", tag_overrides: bool = True) -> None:
+        self.table_key = table_key
+        self.tag_overrides = tag_overrides
+
+    @staticmethod
+    def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
+        for callback in trainer.callbacks:
+            metrics = getattr(callback, "metrics", None)
+            if isinstance(metrics, dict) and metrics:
+                return {k: float(metrics[k]) for k in RESULT_KEYS if k in metrics}
+        return {}
+
+    @staticmethod
+    def _row_label(pl_module: pl.LightningModule) -> tuple[str, str]:
+        from robustlip.report import Run, _dropout, flatten, method_label
+
+        config = pl_module.hparams.get("config") if hasattr(pl_module, "hparams") else None
+        if not isinstance(config, dict):
+            return "?", "?"
+        run = Run(path=None, config=flatten(config), metrics={})  # type: ignore[arg-type]
+        return method_label(run)[0], _dropout(run)
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        import wandb
+
+        metrics = self._final_metrics(trainer)
+        method, dropout = self._row_label(pl_module)
+        overrides = hydra_overrides()
+        for logger in loggers:
+            run = logger.experiment
+            run.config.update({"method": method, "dropout": dropout, "overrides": overrides}, allow_val_change=True)
+            run.summary.update({**metrics, "method": method, "dropout": dropout})
+            columns = ["method", "dropout", *RESULT_KEYS, "overrides"]
+            row: list[Any] = [method, dropout, *[metrics.get(k) for k in RESULT_KEYS], " ".join(overrides)]
+            run.log({self.table_key: wandb.Table(columns=columns, data=[row])})
+            if self.tag_overrides:
+                run.tags = tuple(dict.fromkeys([*(run.tags or ()), *override_tags(overrides), method]))
+        log.info("wandb: final metrics in the run summary and the %r table", self.table_key)
