@@ -2,6 +2,7 @@
 # Table 1 of the paper: train-train and test-train l_inf separation of MNIST, CIFAR-10, SVHN and
 # Restricted ImageNet (robustlip-separation, conf/separation.yaml), then the table via robustlip-report.
 # SVHN drops the duplicate / mislabelled training images the authors name (SPEC §10).
+# LAUNCHER, SEEDS and WANDB do not apply here (no training; the distances are exact).
 #   bash multirun_sweeps/table1.sh                   # needs the four datasets under $ROBUSTLIP_DATA_DIR
 #   QUICK=1 bash multirun_sweeps/table1.sh           # digits and Fashion-MNIST: CPU minutes
 source "$(dirname "$0")/_common.sh"
@@ -13,11 +14,11 @@ separation() {
   SWEEP_DIRS+=("$dir")
 }
 if [[ "${QUICK:-0}" == 1 ]]; then
-  separation quick_table1 data=digits,fashion_mnist
+  separation quick_table1 experiment=table1/quick data=digits,fashion_mnist
   report "$SWEEP_ROOT/quick_table1/$STAMP/report" "Quick Table 1 (separation)"
 else
-  separation table1 data=mnist,cifar10,restricted_imagenet
-  separation table1_svhn data=svhn "drop_indices=[25235,11933,65043]"
+  # conf/experiment/table1/*.yaml; the SVHN preset drops the examples the authors name.
+  separation table1 experiment=table1/mnist,table1/cifar10,table1/svhn,table1/restricted_imagenet
   report "$SWEEP_ROOT/table1/$STAMP/report" "Table 1 (separation, l_inf)"
 fi
 exit $STATUS

@@ -290,3 +290,10 @@ def test_raw_storage_refuses_a_transform_that_changes_pixels(tmp_path):
         v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.RandomHorizontalFlip(1.0)]))
     assert raw_storage(flipped) is None
     assert raw_storage(TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4))) is None  # no .data
+
+
+@pytest.mark.parametrize("row", ["mnist", "cifar10", "svhn", "restricted_imagenet"])
+def test_table1_presets_select_the_row_and_svhn_drops_the_authors_examples(row, tmp_path):
+    cfg = compose_train_cfg(tmp_path, [f"experiment=table1/{row}"], config_name="separation")
+    assert cfg.data.name == row and cfg.data.val_size == 0
+    assert list(cfg.drop_indices) == ([25235, 11933, 65043] if row == "svhn" else [])

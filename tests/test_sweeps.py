@@ -310,9 +310,10 @@ def test_sweep_scripts_are_valid_bash_and_name_existing_presets():
         text = script.read_text()
         for token in text.split():
             if token.strip('"').startswith("experiment="):
-                name = token.strip('"').split("=", 1)[1]
-                if "$" not in name:
-                    assert (config_dir() / "experiment" / f"{name}.yaml").exists(), (script.name, name)
+                names = token.strip('"').split("=", 1)[1]
+                for name in names.split(","):
+                    if "$" not in name:
+                        assert (config_dir() / "experiment" / f"{name}.yaml").exists(), (script.name, name)
 
 
 # --------------------------------------------------------------------------------------------------

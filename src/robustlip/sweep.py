@@ -232,7 +232,7 @@ class MultirunGuard(Callback):
         raise SweepRefused(
             f"{where}: a multirun (-m) cannot use several processes per job ({reason}): Lightning's DDP "
             "would re-launch the whole sweep in every rank. Run one job per GPU instead "
-            "(hydra/launcher=per_gpu, or hydra/launcher=submitit_slurm with gpus_per_node=1), or use "
+            "(hydra/launcher=per_gpu, or hydra/launcher=slurm: one GPU per array task), or use "
             "trainer=ddp for a single run without -m."
         )
 

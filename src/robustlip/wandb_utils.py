@@ -16,7 +16,9 @@ import logging
 from typing import Any
 
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 
+from robustlip.config import REDACTED, SECRET_KEY_PATTERN, redact
 from robustlip.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
@@ -32,9 +34,18 @@ def hydra_overrides() -> list[str]:
 
         if not HydraConfig.initialized():
             return []
-        return [str(o) for o in HydraConfig.get().overrides.task]
+        # Unresolved (iterating the ListConfig would resolve `${oc.env:...}`), and with secrets redacted.
+        task = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
     except Exception:  # noqa: BLE001 - no Hydra context (tests, notebooks): no tags
         return []
+    return [_redact_override(str(o)) for o in task]
+
+
+def _redact_override(override: str) -> str:
+    key, sep, _ = override.partition("=")
+    if sep and SECRET_KEY_PATTERN.search(key):
+        return f"{key}={REDACTED}"
+    return redact(override)
 
 
 def override_tags(overrides: list[str]) -> list[str]:
