@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,30 @@ def test_wandb_offline_and_disabled_need_no_network(train_cfg, tmp_path, monkeyp
         assert wandb.run is None, "every job must call wandb.finish()"
         offline_runs = list(tmp_path.rglob("offline-run-*"))
         assert bool(offline_runs) == (mode == "offline"), (mode, offline_runs)
+
+
+def test_a_non_editable_install_finds_its_configs(tmp_path):
+    """`pip install .` (a wheel, no source tree): conf/ must ship inside the package as robustlip.conf."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "-q", "-w", str(tmp_path / "wheel")],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("robustlip-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import robustlip, hydra\n"
+        "from hydra import compose, initialize_config_module\n"
+        "from robustlip.config import config_dir\n"
+        "with initialize_config_module('robustlip.conf', version_base='1.3'):\n"
+        "    cfg = compose('train', overrides=['objective=trades', 'experiment=table4_svhn'])\n"
+        "print(robustlip.__file__)\nprint(config_dir())\nprint(cfg.objective.name, cfg.data.name)\n"
+    )
+    # PYTHONPATH comes before the editable install of this checkout, so the wheel's copy is imported.
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module_file, conf, names = proc.stdout.strip().splitlines()[-3:]
+    assert Path(module_file).is_relative_to(site) and Path(conf).is_relative_to(site), proc.stdout
+    assert names == "trades svhn"

@@ -78,7 +78,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
                 "only; re-save the file from a trusted source as plain tensors and numbers"
             ) from exc
         raise CheckpointError(
-            f"{where} is truncated or corrupt and cannot be read (not a torch checkpoint: {_one_line(exc)[-80:]}); "
+            f"{where} is truncated or corrupt and cannot be read (not a torch checkpoint: {_unpickler_reason(exc)}); "
             "use another checkpoint, e.g. the best-*.ckpt next to it"
         ) from exc
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
@@ -92,6 +92,12 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
             f"{where} is not a Lightning checkpoint of robustlip-train (no 'state_dict'; found {found})"
         )
     return dict(ckpt)
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """torch's short reason ("Unsupported operand 110") without its advice to load with weights_only=False."""
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Check the documentation|$)", str(exc), re.DOTALL)
+    return _one_line(ValueError(found.group(1))) if found and found.group(1) else type(exc).__name__
 
 
 def _one_line(exc: BaseException) -> str:

@@ -165,7 +165,7 @@ class ResumeCheckpoint(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After validation and ModelCheckpoint's top-k bookkeeping of this epoch, so their state is in it.
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
@@ -173,6 +173,6 @@ class ResumeCheckpoint(pl.Callback):
             return
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
         self.position = f"epoch {trainer.current_epoch}, global step {trainer.global_step}, batch {batches} of the epoch"
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.saved = self.path
         log.warning("SIGTERM: saved %s at %s", self.path, self.position)
