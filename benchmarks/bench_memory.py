@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             f"--precision={precision}", f"--device={device}", f"--batch-size={bs}", f"--batches={args.batches}",
             f"--wrn-depth={args.wrn_depth}", f"--wrn-width={args.wrn_width}", f"--seed={args.seed}",
         ] + ([f"--threads={args.threads}"] if args.threads else [])
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
         m = json.loads(result.stdout.strip().splitlines()[-1])

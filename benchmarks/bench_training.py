@@ -166,11 +166,11 @@ def table_options(args: argparse.Namespace, device: torch.device) -> None:
     options: dict[str, dict] = {
         "fp32 (reference)": {},
         "bf16-mixed": {"precision": "bf16-mixed"},
-        "channels_last": {"perf": dict(channels_last=True)},
-        f"torch.compile ({backend})": {"perf": dict(compile=True, compile_backend=backend)},
-        "channels_last + compile": {"perf": dict(channels_last=True, compile=True, compile_backend=backend)},
+        "channels_last": {"perf": {"channels_last": True}},
+        f"torch.compile ({backend})": {"perf": {"compile": True, "compile_backend": backend}},
+        "channels_last + compile": {"perf": {"channels_last": True, "compile": True, "compile_backend": backend}},
         "bf16-mixed + channels_last + compile": {
-            "precision": "bf16-mixed", "perf": dict(channels_last=True, compile=True, compile_backend=backend)},
+            "precision": "bf16-mixed", "perf": {"channels_last": True, "compile": True, "compile_backend": backend}},
         f"DataLoader workers={args.workers} + pin_memory": {"workers": args.workers},
     }
     if not bf16_supported(device):

@@ -46,7 +46,7 @@ def test_mnist_reads_idx_files_in_torchvision_layout(tmp_path):
     # Pixels are the stored bytes / 255 (SPEC §2), labels as written.
     torch.testing.assert_close(x[:, 0], torch.from_numpy(written["test"][0]).float() / 255)
     assert y.tolist() == written["test"][1].tolist()
-    xb, yb = next(iter(dm.train_dataloader()))
+    xb, _yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (8, 1, 28, 28) and 0 <= xb.min() and xb.max() <= 1
     assert set(_all(dm.train_eval_set)[1].tolist()) <= set(range(10))
 
@@ -88,7 +88,7 @@ def test_fashion_mnist_config_reads_the_installed_debian_files(train_cfg):
     assert torch.bincount(full_train.targets).tolist() == [6000] * 10
     assert torch.bincount(dm.test_set.targets).tolist() == [1000] * 10
     assert full_train.targets[0] == 9  # the first training image is an ankle boot
-    x, y = next(iter(dm.train_dataloader()))
+    x, _y = next(iter(dm.train_dataloader()))
     assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32
     assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.9
     xt, _ = dm.test_set[0]
@@ -197,7 +197,7 @@ def test_restricted_imagenet_maps_wnid_folders_to_superclasses(tmp_path):
     x, y = _all(dm.train_eval_set)
     assert sorted(y.tolist()) == expected_train  # indices 0 and 500 are not in any super-class
     assert x.shape == (18, 3, 64, 64) and x.min() >= 0 and x.max() <= 1
-    x_te, y_te = _all(dm.test_set)
+    _x_te, y_te = _all(dm.test_set)
     assert sorted(y_te.tolist()) == sorted(v for v in _PICK.values() if v is not None)
     # Test / train-eval views are deterministic center crops; training crops are random (padding 8).
     torch.testing.assert_close(dm.test_set[0][0], dm.test_set[0][0])

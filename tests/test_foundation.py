@@ -90,7 +90,7 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_net(train_cfg, tmp_
 def _run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(cwd / "logs"), **(env_extra or {})}
     exe = Path(sys.executable).with_name("robustlip-train")
-    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_override_run_from_an_unrelated_directory(tmp_path):
@@ -119,7 +119,7 @@ def test_user_config_dir_is_searched(tmp_path):
     exe = Path(sys.executable).with_name("robustlip-train")
     proc = subprocess.run(
         [str(exe), "--config-dir", str(tmp_path / "myconf"), "optimizer=my_sgd", "--cfg", "job"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "lr: 0.123" in proc.stdout
@@ -160,7 +160,7 @@ def test_a_non_editable_install_finds_its_configs(tmp_path):
     )
     # PYTHONPATH comes before the editable install of this checkout, so the wheel's copy is imported.
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     module_file, conf, names = proc.stdout.strip().splitlines()[-3:]
     assert Path(module_file).is_relative_to(site) and Path(conf).is_relative_to(site), proc.stdout

@@ -215,7 +215,7 @@ def test_every_dataset_and_paper_architecture_compose_and_run_a_batch(train_cfg,
             write_fake(data, Path(cfg.data.data_dir))
         dm = instantiate(cfg.data)
         dm.setup()
-        x, y = next(iter(dm.train_dataloader()))
+        x, _y = next(iter(dm.train_dataloader()))
         assert x.shape[1:] == dm.input_shape and x.min() >= 0 and x.max() <= 1
         torch.manual_seed(0)
         model = instantiate(cfg.model).eval()

@@ -319,7 +319,7 @@ def test_multirun_sweep_over_objectives(tmp_path):
         "~callbacks.progress_bar",
     ]
     env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([str(exe), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(exe), *args], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted((tmp_path / "logs").rglob("results.json"))
     assert len(results) == 3

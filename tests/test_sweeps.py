@@ -38,7 +38,7 @@ TINY = [
 def _cli(exe: str, args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 300):
     env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(cwd / "logs"), "WANDB_MODE": "disabled",
            "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([str(BIN / exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(BIN / exe), *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def _compose(overrides: list[str]):

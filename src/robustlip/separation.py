@@ -268,7 +268,7 @@ def summary_metrics(payload: dict[str, Any]) -> dict[str, float]:
 def _log_to_loggers(cfg: DictConfig, payload: dict[str, Any], output_dir: Path) -> None:
     """Send the summary to every configured logger, and the figures to wandb when it is one of them."""
     metrics = summary_metrics(payload)
-    for name, node in (cfg.get("logger") or {}).items():
+    for node in (cfg.get("logger") or {}).values():
         if node is None or not node.get("_target_"):
             continue
         # The shared wandb group names a training objective; a separation run has none.

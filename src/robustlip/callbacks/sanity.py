@@ -18,6 +18,7 @@ of a binomial proportion at the larger of the two accuracies compared. Failures 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -117,7 +118,7 @@ class GradientMaskingChecks(Probe):
 
     def _decreasing(self, points: list[dict[str, float]]) -> dict[str, Any]:
         rises = []
-        for low, high in zip(points, points[1:]):
+        for low, high in itertools.pairwise(points):
             if high["adv_acc"] > low["adv_acc"] + self.tolerance(low["adv_acc"], high["adv_acc"]):
                 rises.append(f"{low['adv_acc']:.2f}% at ε={low['eps']:g} -> {high['adv_acc']:.2f}% at ε={high['eps']:g}")
         detail = "accuracy rises with ε: " + "; ".join(rises) if rises else "accuracy falls (within noise) as ε grows"

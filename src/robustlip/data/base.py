@@ -114,7 +114,7 @@ class RobustDataModule(pl.LightningDataModule):
             return
         splits = self.build_datasets()
         n = len(splits.train)
-        n_val = int(round(self.val_size * n)) if isinstance(self.val_size, float) else self.val_size
+        n_val = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
         if n_val >= n:
             raise ConfigError(f"data.val_size={self.val_size!r} leaves no training data ({n} examples in total)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
