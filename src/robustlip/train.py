@@ -119,9 +119,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _finish_wandb() -> None:
     """Close the wandb run of this job, or the next job of a multirun logs into it (DESIGN.md traps)."""
-    try:
-        import wandb
-    except ImportError:  # pragma: no cover - wandb is a dependency
+    wandb = sys.modules.get("wandb")
+    if wandb is None:  # never imported by this process: no run to close, no settings cached
         return
     if wandb.run is not None:
         wandb.finish()

@@ -18,7 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from robustlip.config import REDACTED, SECRET_KEY_PATTERN, redact
+from robustlip.config import redact
 from robustlip.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,9 @@ def hydra_overrides() -> list[str]:
 
 
 def _redact_override(override: str) -> str:
-    key, sep, _ = override.partition("=")
-    if sep and SECRET_KEY_PATTERN.search(key):
-        return f"{key}={REDACTED}"
-    return redact(override)
+    """``key=value`` redacted by the same rules as a config entry (:func:`robustlip.config.redact`)."""
+    key, sep, value = override.partition("=")
+    return f"{key}={redact({key: value})[key]}" if sep else redact(override)
 
 
 def override_tags(overrides: list[str]) -> list[str]:
