@@ -3,7 +3,7 @@
     python benchmarks/bench_separation.py                      # full train–train + test–train, sklearn on 2k
     python benchmarks/bench_separation.py --sklearn-queries 500 --engine-queries 10000   # quicker
 
-The authors (SPEC §10) fit one scikit-learn ``NearestNeighbors(n_neighbors=1, p=inf)`` per class on
+The authors (docs/authors-code.md §10) fit one scikit-learn ``NearestNeighbors(n_neighbors=1, p=inf)`` per class on
 the training points of the *other* classes and query the points of that class; it is exact. We time
 it on a subset of training queries (against all 60k references, so per query it does the full
 work) and extrapolate linearly to all queries; robustlip's engine runs the full problem. Both
@@ -65,7 +65,7 @@ class Clock:
 
 
 def sklearn_authors(xq, yq, xr, yr, n_jobs: int) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §10's ``get_nearest_oppo_dist``: per class, an exact p=inf index on the other classes."""
+    """docs/authors-code.md §10's ``get_nearest_oppo_dist``: per class, an exact p=inf index on the other classes."""
     from sklearn.neighbors import NearestNeighbors
 
     dist = np.full(len(xq), np.inf)

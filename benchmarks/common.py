@@ -36,9 +36,9 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from robustlip.config import config_dir
+from robustlip.callbacks.performance import PerformanceSwitches
 from robustlip.module import RobustClassifier
-from robustlip.performance import PerformanceSwitches
+from robustlip.runs.config import config_dir
 
 # ---------------------------------------------------------------------------------------------------
 # devices and clocks

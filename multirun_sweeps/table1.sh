@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Table 1 of the paper: train-train and test-train l_inf separation of MNIST, CIFAR-10, SVHN and
 # Restricted ImageNet (robustlip-separation, conf/separation.yaml), then the table via robustlip-report.
-# SVHN drops the duplicate / mislabelled training images the authors name (SPEC §10).
+# SVHN drops the duplicate / mislabelled training images the authors name (docs/authors-code.md §10).
 # LAUNCHER, SEEDS and WANDB do not apply here (no training; the distances are exact).
 #   bash multirun_sweeps/table1.sh                   # needs the four datasets under $ROBUSTLIP_DATA_DIR
 #   QUICK=1 bash multirun_sweeps/table1.sh           # digits and Fashion-MNIST: CPU minutes

@@ -20,7 +20,7 @@ from robustlip.attacks import (
     MultiTargeted,
     make_threat,
 )
-from robustlip.validation import ConfigError
+from robustlip.runs.errors import ConfigError
 
 EPS = {"inf": 0.1, "2": 0.5}
 

@@ -19,7 +19,7 @@ from robustlip.data import (
     TsiprasDataModule,
 )
 from robustlip.data.restricted_imagenet import SUPERCLASS_RANGES, SUPERCLASSES, wnid_to_superclass
-from robustlip.validation import ConfigError
+from robustlip.runs.errors import ConfigError
 from tests._fake_datasets import fake_wnids, relax_md5, write_cifar10, write_idx, write_image_tree, write_svhn
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -43,7 +43,7 @@ def test_mnist_reads_idx_files_in_torchvision_layout(tmp_path):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 10, 20)
     x, y = _all(dm.test_set)
     assert x.shape == (20, 1, 28, 28) and x.dtype == torch.float32
-    # Pixels are the stored bytes / 255 (SPEC §2), labels as written.
+    # Pixels are the stored bytes / 255 (docs/authors-code.md §2), labels as written.
     torch.testing.assert_close(x[:, 0], torch.from_numpy(written["test"][0]).float() / 255)
     assert y.tolist() == written["test"][1].tolist()
     xb, _yb = next(iter(dm.train_dataloader()))
@@ -226,7 +226,7 @@ def test_restricted_imagenet_reads_the_authors_superclass_tree_and_can_undersamp
     dm.setup()
     assert dm.resolved_layout() == "superclass"
     labels = _all(dm.train_eval_set)[1]
-    assert torch.bincount(labels).tolist() == [counts[name] for name in SUPERCLASSES]  # unbalanced, as SPEC §2
+    assert torch.bincount(labels).tolist() == [counts[name] for name in SUPERCLASSES]  # unbalanced, as docs/authors-code.md §2
     balanced = RestrictedImageNetDataModule(data_dir=tmp_path, val_size=0, num_workers=0, balance="undersample")
     balanced.setup()
     assert torch.bincount(_all(balanced.train_eval_set)[1]).tolist() == [2] * 9
@@ -289,7 +289,7 @@ def test_synthetic_sets_reject_shapes_that_contradict_their_side():
 
 
 # -- configs -----------------------------------------------------------------------------------------------
-PAPER = {  # SPEC §8: eps, batch size, architecture, optimizer, epochs, milestones
+PAPER = {  # docs/authors-code.md §8: eps, batch size, architecture, optimizer, epochs, milestones
     "mnist": (0.1, 64, "cnn1", "sgd", 160, [40, 80, 120, 140]),
     "svhn": (0.031, 64, "wrn_40_10", "sgd", 60, [30, 50]),
     "cifar10": (0.031, 64, "wrn_40_10", "sgd", 120, [40, 80, 100]),
@@ -307,4 +307,5 @@ def test_data_configs_carry_the_paper_setting(train_cfg, name):
     paper = cfg.data.paper
     assert (paper.model, paper.optimizer, paper.max_epochs, list(paper.milestones)) == (arch, optimizer, epochs, milestones)
     assert paper_milestones(paper.max_epochs) == milestones  # consistent with the schedule the trainer uses
-    assert instantiate(cfg.data).paper["batch_size"] == batch
+    assert paper.batch_size == batch
+    instantiate(cfg.data)  # the DataModule accepts the paper node (presets read it by interpolation)

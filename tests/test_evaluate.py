@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from robustlip.checkpointing import CheckpointError
 from robustlip.evaluate import evaluate
+from robustlip.runs.checkpoints import CheckpointError
 from robustlip.train import train
 from tests.conftest import FAST, compose_train_cfg
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread

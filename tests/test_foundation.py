@@ -14,7 +14,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from robustlip.config import config_dir
+from robustlip.runs.config import config_dir
 from robustlip.train import build_module, train
 from tests.conftest import FAST
 
@@ -153,7 +153,7 @@ def test_a_non_editable_install_finds_its_configs(tmp_path):
     probe = (
         "import robustlip, hydra\n"
         "from hydra import compose, initialize_config_module\n"
-        "from robustlip.config import config_dir\n"
+        "from robustlip.runs.config import config_dir\n"
         "with initialize_config_module('robustlip.conf', version_base='1.3'):\n"
         "    cfg = compose('train', overrides=['objective=trades', 'experiment=table4_svhn'])\n"
         "print(robustlip.__file__)\nprint(config_dir())\nprint(cfg.objective.name, cfg.data.name)\n"

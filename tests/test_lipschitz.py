@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustlip.metrics import LocalLipschitz, SumMean
-from robustlip.validation import ConfigError
+from robustlip.metrics import LocalLipschitz, SumState
+from robustlip.runs.errors import ConfigError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,7 +66,7 @@ def test_mean_does_not_depend_on_the_batch_size():
     estimator = LocalLipschitz(eps=0.1)
     means = []
     for batch in (48, 16, 5):
-        meter = SumMean()
+        meter = SumState(estimator)
         torch.manual_seed(0)
         for chunk in x.split(batch):
             meter.update(estimator(model, chunk))

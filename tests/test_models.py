@@ -1,4 +1,4 @@
-"""The paper's networks: exact sizes (SPEC §3), dropout where the authors put it, and every
+"""The paper's networks: exact sizes (docs/authors-code.md §3), dropout where the authors put it, and every
 dataset/architecture pair composes through Hydra and runs a batch."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def linear(fin: int, fout: int) -> int:
     return fin * fout + fout
 
 
-# -- parameter counts from SPEC §3's layer lists, computed independently of the code -----------------------
+# -- parameter counts from docs/authors-code.md §3's layer lists, computed independently of the code -----------------------
 def expected_cnn1(c: int) -> int:
     return conv(1, 32, 3) + conv(32, 64, 3) + linear(64 * 12 * 12, 128) + linear(128, c)
 

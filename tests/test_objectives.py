@@ -1,5 +1,5 @@
 """Objectives pinned to their definitions: the limits that reduce to natural training, GR's closed form,
-the paper/faithful differences of SPEC §13, the model contract, and end-to-end runs of each method."""
+the paper/faithful differences of docs/authors-code.md §13, the model contract, and end-to-end runs of each method."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from robustlip.objectives import (
     Natural,
     Objective,
 )
+from robustlip.runs.errors import ConfigError
 from robustlip.train import train
-from robustlip.validation import ConfigError
 from tests.conftest import FAST
 from tests.test_attacks import ModeRecorder, interior_linear_problem
 
@@ -122,7 +122,7 @@ def test_gradient_penalty_tends_to_half_the_squared_input_gradient_norm():
 
 
 def authors_tulip_gradients(model: nn.Module, x: Tensor, y: Tensor, lam: float, h: float) -> list[Tensor]:
-    """The authors' procedure (SPEC §5.5): S.backward() inside the loss, then L.backward() in the loop."""
+    """The authors' procedure (docs/authors-code.md §5.5): S.backward() inside the loss, then L.backward() in the loop."""
     model.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
     per_example = F.cross_entropy(model(x), y, reduction="none")

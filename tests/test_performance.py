@@ -1,4 +1,4 @@
-"""The speed switches (issue 8): each runs end-to-end, none changes what is computed or saved.
+"""The speed switches (docs/performance.md): each runs end-to-end, none changes what is computed or saved.
 
 * ``perf=fast`` (channels_last + torch.compile of the net) trains and evaluates through
   ``robustlip.train.train``; the checkpoint it writes has the same keys as a plain run's and loads
@@ -24,10 +24,10 @@ from hydra.utils import instantiate
 from torch import nn
 
 from robustlip.attacks import FGSM, PGD
+from robustlip.callbacks.performance import PerformanceSwitches, apply_switches, is_compiled, target_network
 from robustlip.models import DigitsCNN
-from robustlip.performance import PerformanceSwitches, apply_switches, is_compiled, target_network
+from robustlip.runs.errors import ConfigError
 from robustlip.train import train
-from robustlip.validation import ConfigError
 from tests.conftest import FAST
 
 #: Dynamo + AOTAutograd without C++ code generation: what compile changes, in seconds.

@@ -1,4 +1,4 @@
-"""Reliability (issue 9): interrupted runs resume to the same numbers, bad input fails early in one line,
+"""Reliability (docs/reliability.md): interrupted runs resume to the same numbers, bad input fails early in one line,
 numerical faults keep the last good checkpoint, checkpoints are safe to load and secrets stay out of files.
 
 Everything here uses the real CLI (``robustlip-train`` as a subprocess, or its ``main()`` in-process with
@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from robustlip.checkpointing import CheckpointError, check_compatible, load_checkpoint, resolve_ckpt_path
-from robustlip.config import to_plain_dict
 from robustlip.data.base import DatasetSplits, RobustDataModule
 from robustlip.module import NonFiniteWeightsError
 from robustlip.objectives.base import ObjectiveOutput
 from robustlip.objectives.natural import Natural
+from robustlip.runs.checkpoints import CheckpointError, check_compatible, load_checkpoint, resolve_ckpt_path
+from robustlip.runs.config import to_plain_dict
 from robustlip.train import build_module, main, train
 from tests.conftest import FAST
 

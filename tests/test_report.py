@@ -9,12 +9,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustlip.report import Run, build_report, load_config, main, method_label
+from robustlip.report import build_report, load_config, main
+from robustlip.reporting.tables import Run, method_label
+
+#: The objective classes a resolved config.yaml names (its ``_target_``), by ``objective.name``.
+TARGETS = {"natural": "Natural", "gr": "GradientRegularization", "llr": "LocalLinearity", "at": "AdversarialTraining",
+           "rst": "RST", "trades": "TRADES"}
+
+
+def _objective(objective: dict) -> dict:
+    """The objective node as config.yaml holds it: target, the data's ε for the methods that attack, the knobs."""
+    attacks = objective["name"] in ("llr", "at", "rst", "trades")
+    return {"_target_": f"robustlip.objectives.{TARGETS[objective['name']]}", **({"eps": 0.1} if attacks else {}), **objective}
 
 
 def _run(root: Path, name: str, objective: dict, metrics: dict, seed: int = 0, dropout=0.0, **extra) -> Path:
     """A run dir as robustlip-train leaves it: resolved config.yaml + results.json (+ .hydra/overrides)."""
     run_dir = root / name
+    objective = _objective(objective)
     (run_dir / ".hydra").mkdir(parents=True)
     config = {
         "seed": seed,
@@ -105,7 +117,7 @@ def test_failed_jobs_and_runs_without_results_are_listed(tmp_path):
 
 def test_method_labels_follow_the_paper():
     def label(objective):
-        return method_label(Run(Path("."), {f"objective.{k}": v for k, v in objective.items()}, {}))[0]
+        return method_label(Run(Path("."), {f"objective.{k}": v for k, v in _objective(objective).items()}, {}))[0]
 
     assert label({"name": "rst", "lam": 2.0}) == "RST(λ=2)"
     assert label({"name": "gr", "lam": 1.0}) == "GR"

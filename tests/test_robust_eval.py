@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 
 from robustlip.attacks import PGD
 from robustlip.callbacks import EpsSweep, GradientMaskingChecks, GradientMaskingWarning, RobustEvaluation
-from robustlip.callbacks.robust_eval import SplitMeter, unrepeated_shard
+from robustlip.callbacks.robust_evaluation import SplitMeter, unrepeated_shard
 from robustlip.evaluate import CheckpointedNet
 from robustlip.metrics import LocalLipschitz
-from robustlip.results import RESULT_KEYS
+from robustlip.runs.results import RESULT_KEYS
 from robustlip.train import build_callbacks, build_module
 from tests.conftest import FAST, compose_train_cfg
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread
@@ -151,7 +151,7 @@ def test_per_process_shards_count_every_example_exactly_once(digits):
     whole = evaluation.measure_loader(model, loader, "test")
     shards = [evaluation.measure_loader(model, unrepeated_shard(loader, rank, 3), "test") for rank in range(3)]
     assert sum(s.count() for s in shards) == whole.count() == len(datamodule.test_set)
-    correct = sum(int(s.acc.correct) for s in shards)
+    correct = sum(int(s.states["acc"].sum) for s in shards)
     assert 100.0 * correct / whole.count() == pytest.approx(whole.compute("test")["test/acc"])
     assert isinstance(shards[0], SplitMeter)
 

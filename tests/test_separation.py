@@ -17,17 +17,19 @@ from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
+from robustlip.data.arrays import load_arrays, raw_storage
 from robustlip.metrics.separation import (
     _common_inputs,
     _search_torch,
     brute_force_nearest_other_class,
     closest_pairs,
+    kept_indices,
     nearest_other_class,
     summarize,
     to_grid,
 )
-from robustlip.separation import kept_indices, load_arrays, raw_storage, separation
-from robustlip.validation import ConfigError
+from robustlip.runs.errors import ConfigError
+from robustlip.separation import separation
 from tests.conftest import compose_train_cfg
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

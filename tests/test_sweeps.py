@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from robustlip import sweep
 from robustlip.report import main as report_main
+from robustlip.runs import sweeps as sweep
 
 BIN = Path(sys.executable).parent
 #: A multirun job that takes seconds: one epoch of 2 batches, 32 evaluation images, short attacks.
@@ -51,7 +51,7 @@ def _compose(overrides: list[str]):
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
-    sweep.release_gpu()
+    sweep.GpuPerJob.release()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_per_gpu_launcher_runs_one_joblib_worker_per_visible_gpu(monkeypatch):
     cfg = _compose(["hydra/launcher=per_gpu"])
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs == 3
-    assert cfg.hydra.callbacks.gpu_pinning._target_ == "robustlip.sweep.GpuPerJob"
+    assert cfg.hydra.callbacks.gpu_pinning._target_ == "robustlip.runs.sweeps.GpuPerJob"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert _compose(["hydra/launcher=per_gpu"]).hydra.launcher.n_jobs == 1  # CPU-only machine
 
@@ -236,7 +236,7 @@ def test_gpu_pinning_across_real_processes(tmp_path):
     """Two concurrent worker processes never get the same GPU (flock is per process here)."""
     code = textwrap.dedent(f"""
         import time
-        from robustlip.sweep import claim_gpu
+        from robustlip.runs.sweeps import claim_gpu
         gpu, handle = claim_gpu({str(tmp_path)!r}, ["0", "1"], wait_s=5)
         print(gpu, flush=True)
         time.sleep(3)
@@ -281,7 +281,7 @@ def test_method_presets_set_only_keys_their_objective_has():
     `objective.beta` on RST would otherwise fail at sweep time, or worse, go unnoticed)."""
     import yaml
 
-    from robustlip.config import config_dir
+    from robustlip.runs.config import config_dir
 
     paths = sorted((config_dir() / "experiment" / "method").glob("*.yaml"))
     assert {"natural", "gr", "llr", "at", "rst_lam05", "rst_lam1", "rst_lam2", "trades_beta1", "trades_beta3",
@@ -303,7 +303,7 @@ def test_sweep_scripts_are_valid_bash_and_name_existing_presets():
     root = Path(__file__).resolve().parents[1] / "multirun_sweeps"
     scripts = sorted(root.glob("*.sh"))
     assert {"table2.sh", "table3.sh", "table4.sh", "quick_table2.sh"} <= {s.name for s in scripts}
-    from robustlip.config import config_dir
+    from robustlip.runs.config import config_dir
 
     for script in scripts:
         subprocess.run(["bash", "-n", str(script)], check=True)
@@ -361,7 +361,7 @@ def test_wandb_offline_run_gets_summary_table_method_and_override_tags(train_cfg
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     seen: dict = {}
-    finish = train_module._finish_wandb
+    finish = train_module.finish_wandb
 
     def capture_then_finish():
         import wandb
@@ -371,7 +371,7 @@ def test_wandb_offline_run_gets_summary_table_method_and_override_tags(train_cfg
                         method=wandb.run.config.get("method"))
         finish()
 
-    monkeypatch.setattr(train_module, "_finish_wandb", capture_then_finish)
+    monkeypatch.setattr(train_module, "finish_wandb", capture_then_finish)
     cfg = train_cfg([*[a for a in TINY if not a.startswith("attack.")], "+experiment/method=trades_beta3",
                      "logger=wandb", "logger.wandb.group=my-sweep"])
     metrics = train_module.train(cfg)

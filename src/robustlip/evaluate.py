@@ -18,16 +18,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from robustlip.callbacks import EpsSweep, RobustEvaluation
-from robustlip.checkpointing import CheckpointError, checkpoint_config, load_checkpoint
-from robustlip.config import CONFIG_PATH, save_resolved_config
-from robustlip.reporting import print_results_table
+from robustlip.cli import entry_point
+from robustlip.reporting.tables import print_results_table
+from robustlip.runs.checkpoints import CheckpointError, checkpoint_config, load_checkpoint
+from robustlip.runs.config import save_resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return evaluation.metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
+    """The Hydra task: evaluate, and return a number for sweepers (adversarial test accuracy)."""
     return evaluate(cfg).get("test/adv_acc")
+
+
+main = entry_point("eval", run)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,17 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf; the message names the step and the loss parts."""
 
+    #: Exit status of robustlip-train when it stops on it (robustlip.cli): a numerical fault.
+    exit_code = 1
+
 
 class NonFiniteWeightsError(NonFiniteLossError):
     """A checkpoint was about to be written with NaN/inf weights; refused so the last good one survives."""
+
+
+def correct(logits: Tensor, y: Tensor) -> Tensor:
+    """1.0 where the prediction is the label, else 0.0 (per example)."""
+    return (logits.argmax(dim=1) == y).float()
 
 
 class RobustClassifier(pl.LightningModule):
@@ -46,16 +54,10 @@ class RobustClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         # Only plain data goes into the checkpoint: the run config, already resolved to primitives.
         self.save_hyperparameters({"config": config or {}})
-        num_classes = self._num_classes(net)
-        self.train_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro")
+        # Fractions of correct predictions, averaged over examples (no number of classes needed).
+        self.train_acc = torchmetrics.MeanMetric()
+        self.val_acc = torchmetrics.MeanMetric()
         self._last_parts: dict[str, Tensor] = {}
-
-    @staticmethod
-    def _num_classes(net: nn.Module) -> int:
-        last_linear = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        return last_linear[-1].out_features if last_linear else 10
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -71,7 +73,7 @@ class RobustClassifier(pl.LightningModule):
                 f"training loss is {out.loss.item()} at epoch {self.current_epoch}, global step "
                 f"{self.global_step} (batch {batch_idx}); loss parts: {parts or 'none'}"
             )
-        self.train_acc(out.logits.detach(), y)
+        self.train_acc(correct(out.logits.detach(), y))
         self.log("train/loss", out.loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/batch_acc", self.train_acc, on_step=False, on_epoch=True)
         for name, value in out.parts.items():
@@ -81,14 +83,13 @@ class RobustClassifier(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.net(x)
-        self.val_acc(logits, y)
+        self.val_acc(correct(logits, y))
         self.log("val/loss", nn.functional.cross_entropy(logits, y), on_epoch=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        self.test_acc(self.net(x), y)
-        self.log("test/clean_acc", self.test_acc, on_epoch=True)
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """The clean logits, which RobustEvaluation reuses (its metrics are the test numbers)."""
+        return {"logits": self.net(batch[0])}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to write NaN/inf weights: a finite loss can still come with a non-finite gradient step,

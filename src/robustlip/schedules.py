@@ -1,11 +1,11 @@
-"""Learning-rate schedules of the paper (SPEC §4)."""
+"""Learning-rate schedules of the paper (docs/authors-code.md §4)."""
 
 from __future__ import annotations
 
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
-from robustlip.validation import check_positive_int
+from robustlip.runs.errors import check_positive_int
 
 # (largest number of epochs, milestones) from the authors' `get_scheduler`, in order.
 _MILESTONES: tuple[tuple[int, list[int]], ...] = (

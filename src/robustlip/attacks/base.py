@@ -4,7 +4,7 @@ An attack is a small object built from config and called as ``attack(model, x, y
 (DESIGN.md, "Attacks"). The contract this base class enforces:
 
 * no parameter ``.grad`` is touched: gradients are taken with ``torch.autograd.grad`` w.r.t. the input;
-* the model runs in eval mode during the search (or train mode, for the authors' AT/RST, SPEC §5.2)
+* the model runs in eval mode during the search (or train mode, for the authors' AT/RST, docs/authors-code.md §5.2)
   and its previous mode is restored afterwards;
 * it works inside Lightning's validation/test loops: inference mode is switched off locally and the
   input is cloned out of any inference tensor;
@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from robustlip.validation import check_choice
+from robustlip.runs.errors import check_choice
 
 MODEL_MODES = ("eval", "train")
 

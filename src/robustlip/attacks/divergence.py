@@ -1,4 +1,4 @@
-"""TRADES's inner maximisation: PGD on the divergence between clean and perturbed predictions (SPEC §5.4).
+"""TRADES's inner maximisation: PGD on the divergence between clean and perturbed predictions (docs/authors-code.md §5.4).
 
 The search increases Σ_i KL( p(x_i) ‖ p(x'_i) ), where p is the softmax of the logits and p(x) is
 computed once, at the clean batch, as a constant. It needs no labels: TRADES pushes the prediction
@@ -24,7 +24,7 @@ def prediction_divergence(clean_logits: Tensor, perturbed_logits: Tensor) -> Ten
 
 
 class KLDivergencePGD(PGD):
-    """PGD that ascends the KL divergence from the clean prediction (TRADES, SPEC §5.4)."""
+    """PGD that ascends the KL divergence from the clean prediction (TRADES, docs/authors-code.md §5.4)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""LLR's inner maximisation: the perturbation where the loss is least linear (Qin et al. 2019; SPEC §5.6).
+"""LLR's inner maximisation: the perturbation where the loss is least linear (Qin et al. 2019; docs/authors-code.md §5.6).
 
 The local linearity of the loss ℓ around x is measured by the gap between ℓ and its first-order
 Taylor expansion,
@@ -9,7 +9,7 @@ and LLR trains on the δ in the ε-ball that maximises it. Two behaviours, chose
 
 * paper (``faithful=False``): per-example γ summed over the batch, ℓ(x) and ∇ₓℓ(x) computed once at the
   clean batch; the threat model's own steepest step and projection.
-* faithful (SPEC §13.2): the authors' code zeroes ∇ₓℓ(x) in place before using it and comments out
+* faithful (docs/authors-code.md §13.2): the authors' code zeroes ∇ₓℓ(x) in place before using it and comments out
   ℓ(x), so the ascended quantity is |Σ_i ℓ_i(x + δ_i)| = Σ_i ℓ_i(x + δ_i) — a plain cross-entropy
   attack; steps are the gradient divided by its ℓ∞ norm and the projection clamps to the box then
   rescales δ (:class:`LinfRenormThreat`). (A zero gradient stays zero here; the authors replace it by
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from robustlip.attacks.pgd import PGD, AscentObjective
 from robustlip.attacks.threat import L2Threat, LinfRenormThreat, ThreatModel, make_threat
 
-#: The authors' LLR step: ε/2, for their 2 steps (SPEC §5.6).
+#: The authors' LLR step: ε/2, for their 2 steps (docs/authors-code.md §5.6).
 DEFAULT_RELATIVE_STEP = 0.5
 
 

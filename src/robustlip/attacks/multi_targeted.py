@@ -1,4 +1,4 @@
-"""The Multi-Targeted attack (Gowal et al. 2019) as the authors run it (SPEC §6.3, §13.14).
+"""The Multi-Targeted attack (Gowal et al. 2019) as the authors run it (docs/authors-code.md §6.3, §13.14).
 
 For every class j other than the true class y, a targeted PGD run pulls the input towards j
 (cross-entropy of j decreased): 20 steps of 2ε/20 = ε/10, one uniform random start, projection onto
@@ -42,7 +42,11 @@ class MultiTargeted(Attack):
             targeted=True,
             model_mode=model_mode,
         )
-        self.eps = self.targeted_pgd.eps
+
+    @property
+    def eps(self) -> float:
+        """The radius of the inner targeted PGD's threat model (the one place ε is stored)."""
+        return self.targeted_pgd.eps
 
     def __repr__(self) -> str:
         pgd = self.targeted_pgd

@@ -1,4 +1,4 @@
-"""Projected gradient descent (Madry et al.) and its one-step special case, FGSM (SPEC §6.1-6.2).
+"""Projected gradient descent (Madry et al.) and its one-step special case, FGSM (docs/authors-code.md §6.1-6.2).
 
 The loop follows the authors' cleverhans-style PGD: a random start, ``steps`` steepest-ascent steps,
 projection after every step, and the last iterate returned. It is written once; what differs between
@@ -6,14 +6,14 @@ the adversaries of the paper is only
 
 * the scalar that is ascended (:meth:`PGD.ascent_objective`): the cross-entropy of the true labels
   here, TRADES's KL divergence (``divergence.py``), LLR's linearity gap (``local_linearity.py``);
-* the start (``random_start``): uniform in the ε-ball (PGD, SPEC §6.1, §13.15), a Gaussian of std
-  0.001 around ``x`` that is *not* clipped before the first step (TRADES and LLR, SPEC §5.4, §5.6), or
+* the start (``random_start``): uniform in the ε-ball (PGD, docs/authors-code.md §6.1, §13.15), a Gaussian of std
+  0.001 around ``x`` that is *not* clipped before the first step (TRADES and LLR, docs/authors-code.md §5.4, §5.6), or
   the clean point (FGSM);
 * the threat model (norm, or an explicit :class:`ThreatModel` such as LLR's rescaling ℓ∞ ball).
 
 The default step is 2ε/steps, the rule behind every call in the authors' code: ε/5 for the
 evaluation's PGD-10 and AT/RST's training attack, ε/10 for the Multi-Targeted attack's 20 steps, and
-2ε/K for TRADES's K inner steps (SPEC §5.2, §5.4, §6.1, §6.3).
+2ε/K for TRADES's K inner steps (docs/authors-code.md §5.2, §5.4, §6.1, §6.3).
 
 Two additions the paper's evaluation did not have, both off by default:
 
@@ -32,12 +32,12 @@ from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack, input_gradient
 from robustlip.attacks.threat import ThreatModel, make_threat
-from robustlip.validation import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
 
 #: How far (in units of ε) the steps of one run may travel in total, when no step size is given.
 DEFAULT_TOTAL_TRAVEL = 2.0
 START_KINDS = ("uniform", "gaussian", "none")
-#: TRADES's and LLR's start: x + 0.001·N(0, I) (SPEC §5.4, §5.6).
+#: TRADES's and LLR's start: x + 0.001·N(0, I) (docs/authors-code.md §5.4, §5.6).
 GAUSSIAN_START_STD = 0.001
 
 AscentObjective = Callable[[Tensor], Tensor]
@@ -73,7 +73,6 @@ class PGD(Attack):
     ) -> None:
         super().__init__(model_mode)
         self.threat = threat if threat is not None else make_threat(norm, eps)
-        self.eps = self.threat.eps
         self.steps = check_positive_int("attack.steps", steps)
         self.step_size = (
             default_step_size(self.eps, self.steps)
@@ -85,6 +84,11 @@ class PGD(Attack):
         if self.restarts > 1 and self.start == "none":
             raise ConfigError(f"attack.restarts={restarts!r} is not allowed without a random start; use 1")
         self.targeted = bool(targeted)
+
+    @property
+    def eps(self) -> float:
+        """The radius, read from the threat model: the one place ε is stored."""
+        return self.threat.eps
 
     def __repr__(self) -> str:
         return (
@@ -151,7 +155,7 @@ class PGD(Attack):
 class FGSM(PGD):
     """Fast gradient sign method (Goodfellow et al.): one full-size step from the clean input.
 
-    The authors use it only as PGD's inner step (SPEC §6.2); it is here as a cheap baseline attack.
+    The authors use it only as PGD's inner step (docs/authors-code.md §6.2); it is here as a cheap baseline attack.
     """
 
     def __init__(self, eps: float, norm: str = "inf", targeted: bool = False, model_mode: str = "eval") -> None:

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from robustlip.validation import check_choice, check_non_negative
+from robustlip.runs.errors import check_choice, check_non_negative
 
 NORMS = ("inf", "2")
 
@@ -54,7 +54,7 @@ class ThreatModel(ABC):
 
 
 class LinfThreat(ThreatModel):
-    """ℓ∞ ball: coordinate-wise clipping; the steepest step is the sign of the gradient (SPEC §6.1-6.2)."""
+    """ℓ∞ ball: coordinate-wise clipping; the steepest step is the sign of the gradient (docs/authors-code.md §6.1-6.2)."""
 
     norm = "inf"
 
@@ -95,7 +95,7 @@ class L2Threat(ThreatModel):
 
 
 class LinfRenormThreat(LinfThreat):
-    """The ℓ∞ ball as the authors' LLR inner loop walks it (SPEC §5.6, §13.2; ``fidelity=faithful``).
+    """The ℓ∞ ball as the authors' LLR inner loop walks it (docs/authors-code.md §5.6, §13.2; ``fidelity=faithful``).
 
     Two differences from :class:`LinfThreat`, both reproduced on purpose:
 
@@ -115,14 +115,24 @@ class LinfRenormThreat(LinfThreat):
         return x_adv + step_size * grad / (_per_example_norm(grad, math.inf) + 1e-12)
 
 
-def canonical_norm(norm: str | float, key: str = "norm") -> str:
-    """The norm's name, "inf" or "2", for any spelling a config may hold ("inf", ``math.inf``, 2, "2", ...)."""
-    if norm in ("inf", "linf", "Linf", math.inf):
-        name = "inf"
-    else:
-        name = "2" if norm in (2, "2", "l2", "L2") else str(norm)
-    check_choice(key, name if name in NORMS else norm, NORMS)
+#: The spellings a config may use for each norm, by canonical name.
+NORM_SPELLINGS: dict[str, tuple] = {
+    "inf": ("inf", "linf", "Linf", math.inf),
+    "2": (2, "2", "l2", "L2"),
+    "1": (1, "1", "l1", "L1"),
+}
+
+
+def canonical_norm(norm: str | float, key: str = "norm", allowed: tuple[str, ...] = NORMS) -> str:
+    """The norm's name ("inf", "2" or "1") for any spelling a config may hold; one of ``allowed`` or a ConfigError."""
+    name = next((name for name, spellings in NORM_SPELLINGS.items() if norm in spellings), None)
+    check_choice(key, name if name in allowed else norm, allowed)
     return name
+
+
+def norm_order(name: str) -> float:
+    """A canonical norm name as the ``ord`` of ``torch.linalg.vector_norm`` (``inf`` -> ``math.inf``)."""
+    return math.inf if name == "inf" else float(name)
 
 
 def make_threat(norm: str | float, eps: float) -> ThreatModel:

@@ -1,15 +1,22 @@
-"""Callbacks that measure what the paper reports, and the probes they can run on the test set."""
+"""Every Lightning callback of robustlip: the robust evaluation and its probes, reproducibility,
+resumable checkpoints, performance switches and the wandb results view."""
 
-from robustlip.callbacks.probes import EpsSweep, Probe
-from robustlip.callbacks.robust_eval import RobustEvaluation, SplitMeter, with_gaps
-from robustlip.callbacks.sanity import GradientMaskingChecks, GradientMaskingWarning
+from robustlip.callbacks.eps_sweep import EpsSweep, Probe
+from robustlip.callbacks.gradient_masking import GradientMaskingChecks, GradientMaskingWarning
+from robustlip.callbacks.performance import PerformanceSwitches
+from robustlip.callbacks.reproducibility import ReproducibleRandomness
+from robustlip.callbacks.resume import ResumeCheckpoint
+from robustlip.callbacks.robust_evaluation import RobustEvaluation
+from robustlip.callbacks.wandb_results import WandbResults
 
 __all__ = [
     "EpsSweep",
     "GradientMaskingChecks",
     "GradientMaskingWarning",
+    "PerformanceSwitches",
     "Probe",
+    "ReproducibleRandomness",
+    "ResumeCheckpoint",
     "RobustEvaluation",
-    "SplitMeter",
-    "with_gaps",
+    "WandbResults",
 ]

@@ -3,11 +3,11 @@
 Every tensor a DataModule yields is an image in [0, 1] (DESIGN.md, "Pixel space"); normalisation
 belongs to the network. Subclasses only say how to build the three datasets (``build_datasets``);
 this base class derives the deterministic validation split, the DataLoaders and the *un-augmented*
-view of the training set that the robust evaluation measures train accuracy on (SPEC §9.2).
+view of the training set that the robust evaluation measures train accuracy on (docs/authors-code.md §9.2).
 
 Each dataset carries its paper defaults as class attributes (ε, number of classes, input shape),
 which the config files repeat so that ``data=cifar10`` alone gives the paper's setting. The rest of
-the paper's setting for a dataset (architecture, optimizer, lr per method, epochs, schedule; SPEC §8)
+the paper's setting for a dataset (architecture, optimizer, lr per method, epochs, schedule; docs/authors-code.md §8)
 is not the data's to apply — Hydra merges the data group before the optimizer/trainer groups — so it
 travels as the plain ``paper`` mapping of the data config (``${data.paper.*}``), see docs/datasets.md.
 """
@@ -22,10 +22,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from robustlip.validation import ConfigError, check_non_negative, check_positive_int
+from robustlip.runs.errors import ConfigError, check_non_negative, check_positive_int
 
 
 @dataclass
@@ -77,8 +76,9 @@ class RobustDataModule(pl.LightningDataModule):
         # in_features (C·H·W) lets an MLP interpolate ${data.in_features}; it must agree with the shape.
         if in_features is not None and in_features != self.in_features and not self.variable_shape:
             raise ConfigError(f"data.in_features={in_features!r} is not allowed for data={self.name}; it has {self.in_features}")
-        # The paper's setting for this dataset (SPEC §8), kept as plain data for presets and reports.
-        self.paper: dict[str, Any] = _plain(paper) if paper is not None else {}
+        # ``paper`` (the paper's setting for this dataset: network, lr per method, epochs) is read by the
+        # presets and model=paper through ${data.paper.*} interpolation; the DataModule itself needs none of it.
+        del paper
         self.data_dir = Path(data_dir).expanduser()
         self.eps = check_non_negative("data.eps", eps)
         self.batch_size = check_positive_int("data.batch_size", batch_size)
@@ -155,14 +155,3 @@ class RobustDataModule(pl.LightningDataModule):
     def train_eval_dataloader(self) -> DataLoader:
         """The training set without augmentation, in a fixed order: what train/acc is measured on."""
         return self._loader(self.train_eval_set, self.eval_batch_size, shuffle=False)
-
-
-def _plain(node: Any) -> Any:
-    """A Hydra DictConfig/ListConfig (or a plain container) as plain dicts and lists."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, Mapping):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
-    return node

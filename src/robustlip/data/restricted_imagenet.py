@@ -1,4 +1,4 @@
-"""Restricted ImageNet: 9 super-classes of ILSVRC2012 at 64×64, as the authors build it (SPEC §2).
+"""Restricted ImageNet: 9 super-classes of ILSVRC2012 at 64×64, as the authors build it (docs/authors-code.md §2).
 
 Construction (the authors' ``scripts/restrictedImgNet.py``, same sets as Tsipras et al.): every
 ImageNet class whose index in the standard, wnid-sorted order of the 1000 classes falls in a
@@ -12,7 +12,7 @@ half-open range belongs to one super-class:
 insect=6, primate=7, turtle=8. Train comes from ILSVRC2012 train, test from ILSVRC2012 val
 (50 per class → 10,150 images).
 
-Class balance: SPEC §2 copies *every* image of the 203 classes, so the super-classes are as
+Class balance: docs/authors-code.md §2 copies *every* image of the 203 classes, so the super-classes are as
 unbalanced as their class counts (dog: 118 classes, frog: 3) and nothing re-weights or re-samples
 them. ``balance: null`` reproduces that (default). ``balance: undersample`` is an explicit,
 non-paper option: a seeded subsample of the *training* images down to the smallest super-class
@@ -27,9 +27,9 @@ Two folder layouts are read with torchvision's ``ImageFolder``:
 * ``superclass``: ``<root>/{train,val}/<bird|cat|...>/*`` — the authors' copied tree.
 ``layout: auto`` picks ``superclass`` when the train folder's sub-folders are the 9 names.
 
-Transforms (SPEC §2): train Resize(72) → RandomCrop(64, padding=8) → [0,1] tensor (no flip); test
+Transforms (docs/authors-code.md §2): train Resize(72) → RandomCrop(64, padding=8) → [0,1] tensor (no flip); test
 and the train-evaluation view Resize(72) → CenterCrop(64). The authors measured train metrics on
-randomly cropped images; ``train_eval_random_crop: true`` reproduces that (SPEC §13 item 9).
+randomly cropped images; ``train_eval_random_crop: true`` reproduces that (docs/authors-code.md §13 item 9).
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from robustlip.data.base import DatasetSplits, RobustDataModule
-from robustlip.validation import ConfigError, check_choice
+from robustlip.runs.errors import ConfigError, check_choice
 
-#: Super-class -> half-open range of wnid-sorted ImageNet indices (SPEC §2).
+#: Super-class -> half-open range of wnid-sorted ImageNet indices (docs/authors-code.md §2).
 SUPERCLASS_RANGES: dict[str, tuple[int, int]] = {
     "dog": (151, 269),
     "cat": (281, 286),
@@ -131,7 +131,7 @@ class RestrictedImageNetDataModule(RobustDataModule):
         self.balance = check_choice("data.balance", balance, (None, "undersample"))
         self.train_eval_random_crop = bool(train_eval_random_crop)
 
-    # -- transforms (SPEC §2) ------------------------------------------------------------------
+    # -- transforms (docs/authors-code.md §2) ------------------------------------------------------------------
     def train_transform(self) -> v2.Compose:
         return v2.Compose([v2.ToImage(), v2.Resize(self.resize), v2.RandomCrop(self.crop, padding=self.padding),
                            v2.ToDtype(torch.float32, scale=True)])

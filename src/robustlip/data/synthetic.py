@@ -14,7 +14,7 @@ paper's CNNs (side = 28: d = 783) and an MLP run on it unchanged. ε in pixels i
 default side 28 that is 2·(3/√783)/8 = 0.0268 — the value conf/data/tsipras.yaml sets. Labels:
 class 1 for y = +1, class 0 for y = −1.
 
-``staircase``: SPEC §12's spline example (after Raghunathan et al. 2020) turned into classification.
+``staircase``: docs/authors-code.md §12's spline example (after Raghunathan et al. 2020) turned into classification.
 Stairs s ∈ {0..9} with probabilities ∝ 1/5 (s < 5) and 0.01 (s ≥ 5); the input is x = s, shifted by
 ±1/3 (random sign) with probability 0.005; the regression target is y = s + N(0, 0.1²). As a
 classification task the label is the stair of the target, round(y) clipped to {0..9} (equal to s
@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from robustlip.data.base import DatasetSplits, RobustDataModule
-from robustlip.validation import ConfigError, check_positive_int, check_probability
+from robustlip.runs.errors import ConfigError, check_positive_int, check_probability
 
 
 class _SyntheticDataModule(RobustDataModule):
@@ -105,7 +105,7 @@ class TsiprasDataModule(_SyntheticDataModule):
 
 
 class StaircaseDataModule(_SyntheticDataModule):
-    """SPEC §12's staircase as 10-class classification of a single value (see module doc)."""
+    """docs/authors-code.md §12's staircase as 10-class classification of a single value (see module doc)."""
 
     name = "staircase"
     num_classes = 10

@@ -1,4 +1,4 @@
-"""MNIST, Fashion-MNIST, SVHN and CIFAR-10 through torchvision's dataset classes (SPEC §2).
+"""MNIST, Fashion-MNIST, SVHN and CIFAR-10 through torchvision's dataset classes (docs/authors-code.md §2).
 
 Every image leaves as a float tensor in [0, 1] (``ToImage`` + ``ToDtype(scale=True)``, the /255 of
 the authors' loaders); there is no mean/std normalisation here (DESIGN.md, "Pixel space").
@@ -40,7 +40,7 @@ IDX_FILES = (
 
 
 def to_unit_tensor() -> v2.Compose:
-    """PIL/uint8 image -> float32 CHW tensor in [0, 1]: the authors' ``/255`` (SPEC §2)."""
+    """PIL/uint8 image -> float32 CHW tensor in [0, 1]: the authors' ``/255`` (docs/authors-code.md §2)."""
     return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
 
@@ -49,7 +49,7 @@ class TorchvisionDataModule(RobustDataModule):
 
     Subclasses say which class (``dataset_class``), how it is called for a split (``make``) and,
     optionally, the training augmentation (``train_transform``). ``train_eval`` is always the
-    un-augmented training set, so train accuracy is measured as SPEC §9.2 does.
+    un-augmented training set, so train accuracy is measured as docs/authors-code.md §9.2 does.
     """
 
     dataset_class: type[Dataset]
@@ -94,7 +94,7 @@ class TorchvisionDataModule(RobustDataModule):
 
 
 class MNISTDataModule(TorchvisionDataModule):
-    """MNIST, 60,000/10,000 grey 28×28 images, no augmentation (SPEC §2, Table 2: ε = 0.1)."""
+    """MNIST, 60,000/10,000 grey 28×28 images, no augmentation (docs/authors-code.md §2, Table 2: ε = 0.1)."""
 
     name = "mnist"
     num_classes = 10
@@ -161,7 +161,7 @@ class MNISTDataModule(TorchvisionDataModule):
 class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST, 60,000/10,000 grey 28×28 images of clothes; MNIST's format and setting.
 
-    Not in the paper: it runs the MNIST setting (ε = 0.1, CNN1/CNN2, SPEC §8). ``raw_dir`` defaults
+    Not in the paper: it runs the MNIST setting (ε = 0.1, CNN1/CNN2, docs/authors-code.md §8). ``raw_dir`` defaults
     (in conf/data/fashion_mnist.yaml) to the Debian package's /usr/share/datasets/fashion-mnist.
     """
 
@@ -170,7 +170,7 @@ class FashionMNISTDataModule(MNISTDataModule):
 
 
 class SVHNDataModule(TorchvisionDataModule):
-    """SVHN, 73,257/26,032 colour 32×32 images; ``extra`` unused, no augmentation (SPEC §2).
+    """SVHN, 73,257/26,032 colour 32×32 images; ``extra`` unused, no augmentation (docs/authors-code.md §2).
 
     torchvision maps the digit 0 (label 10 in the .mat files) to class 0, as the authors' loader does.
     """
@@ -187,11 +187,11 @@ class SVHNDataModule(TorchvisionDataModule):
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
-    """CIFAR-10, 50,000/10,000 colour 32×32 images with the authors' ``aug01`` (SPEC §2).
+    """CIFAR-10, 50,000/10,000 colour 32×32 images with the authors' ``aug01`` (docs/authors-code.md §2).
 
     ``aug01`` = RandomCrop(32, padding=4, zero padding) + RandomHorizontalFlip(0.5), on the training
     stream only; the test set and the train-evaluation view are plain. ``augment=false`` turns it off
-    (the proof-of-concept runs of SPEC §11 train without it).
+    (the proof-of-concept runs of docs/authors-code.md §11 train without it).
     """
 
     name = "cifar10"

@@ -1,4 +1,4 @@
-"""The empirical local Lipschitz constant of the paper's Eq. 3, computed as the authors compute it (SPEC §7).
+"""The empirical local Lipschitz constant of the paper's Eq. 3, computed as the authors compute it (docs/authors-code.md §7).
 
     L(f) = 1/n · Σ_i  max_{x'_i ∈ B(x_i, ε)}  ‖f(x_i) − f(x'_i)‖₁ / ‖x_i − x'_i‖∞          (f = raw logits)
 
@@ -8,12 +8,12 @@ The inner maximum is searched, per example, by sign ascent on the ratio:
 * ``steps`` (10) times: gradient of the *batch-mean* ratio w.r.t. x' only, x' ← x' + step·sign(grad),
   then projection onto the ε-ball around x and the pixel box [0, 1];
 * the value is the ratio at the **final** iterate, not the best one seen (as the authors' code);
-* the denominator is ‖x − x' + 10⁻⁶‖, the 10⁻⁶ added to every coordinate before the norm (SPEC §7).
+* the denominator is ‖x − x' + 10⁻⁶‖, the 10⁻⁶ added to every coordinate before the norm (docs/authors-code.md §7).
 
-The step size is the one thing the paper and the code disagree on (SPEC §13.1): ε/5 as the paper says
+The step size is the one thing the paper and the code disagree on (docs/authors-code.md §13.1): ε/5 as the paper says
 (``fidelity=paper``) or 0.003 as the code does (``fidelity=faithful``); an explicit ``step_size`` wins.
 
-The estimator returns one ratio per example, so a sum-state mean (``SumMean``) of them does not depend
+The estimator returns one ratio per example, so a sum-state mean (``metrics.base.SumState``) of them does not depend
 on how the data is batched: each example's sign-ascent step is the sign of its own gradient (the batch
 mean only rescales it), so examples never interact.
 """
@@ -26,40 +26,35 @@ import torch
 from torch import Tensor, nn
 
 from robustlip.attacks.base import attack_context, input_gradient, model_mode
-from robustlip.attacks.threat import make_threat
-from robustlip.validation import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.attacks.threat import canonical_norm, make_threat, norm_order
+from robustlip.fidelity import FIDELITIES
+from robustlip.metrics.base import EvalBatch, ExampleMetric
+from robustlip.runs.errors import check_choice, check_non_negative, check_positive_int
 
-FIDELITIES = ("paper", "faithful")
-#: The authors' code never passes a step size, so its default applies (SPEC §7, §13.1).
+#: Norms of the ratio: the paper uses ℓ1 on the logits and ℓ∞ on the inputs.
+LIPSCHITZ_NORMS = ("1", "2", "inf")
+#: The authors' code never passes a step size, so its default applies (docs/authors-code.md §7, §13.1).
 FAITHFUL_STEP_SIZE = 0.003
-#: The paper's text: "step size ε/5 and a total of 10 steps" (SPEC §14).
+#: The paper's text: "step size ε/5 and a total of 10 steps" (docs/authors-code.md §14).
 PAPER_RELATIVE_STEP = 0.2
-#: Std of the Gaussian start around x (SPEC §7).
+#: Std of the Gaussian start around x (docs/authors-code.md §7).
 INIT_STD = 1e-3
-#: Added to every coordinate of x − x' before the bottom norm (SPEC §7).
+#: Added to every coordinate of x − x' before the bottom norm (docs/authors-code.md §7).
 DENOMINATOR_OFFSET = 1e-6
 
 
-def _norm_order(key: str, value: str | float) -> float:
-    """``1``, ``2`` or ``inf`` (also spelled "inf"/"linf") as a float usable by ``torch.linalg.vector_norm``."""
-    if value in ("inf", "linf", "Linf", math.inf):
-        return math.inf
-    if value in (1, 2, "1", "2"):
-        return float(value)
-    raise ConfigError(f"{key}={value!r} is not allowed; choose one of 1, 2, 'inf'")
-
-
 def lipschitz_ratio(logits: Tensor, logits_prime: Tensor, x: Tensor, x_prime: Tensor, top: float, bottom: float) -> Tensor:
-    """Per-example ‖f(x) − f(x')‖_top / ‖x − x' + 10⁻⁶‖_bottom on flattened tensors (SPEC §7)."""
+    """Per-example ‖f(x) − f(x')‖_top / ‖x − x' + 10⁻⁶‖_bottom on flattened tensors (docs/authors-code.md §7)."""
     numerator = torch.linalg.vector_norm((logits - logits_prime).flatten(1), ord=top, dim=1)
     denominator = torch.linalg.vector_norm((x - x_prime + DENOMINATOR_OFFSET).flatten(1), ord=bottom, dim=1)
     return numerator / denominator
 
 
-class LocalLipschitz:
+class LocalLipschitz(ExampleMetric):
     """``estimator(model, x) -> per-example ratios``: Eq. 3's inner maximisation on one batch.
 
-    Built from config (``conf/lipschitz/local.yaml``); plugs into ``RobustEvaluation(lipschitz=...)``.
+    Built from config (``conf/lipschitz/local.yaml``); an evaluation metric named ``lipschitz``
+    (``train/lipschitz``, ``test/lipschitz``) that plugs into ``RobustEvaluation(lipschitz=...)``.
     Runs the model in eval mode and restores each submodule's previous mode; takes gradients w.r.t.
     the input only (parameter ``.grad`` untouched); works inside Lightning's inference-mode loops.
     """
@@ -75,22 +70,31 @@ class LocalLipschitz:
         init_std: float = INIT_STD,
     ) -> None:
         self.fidelity = check_choice("lipschitz.fidelity", fidelity, FIDELITIES)
-        self.bottom = _norm_order("lipschitz.bottom_norm", bottom_norm)
+        self.bottom = norm_order(canonical_norm(bottom_norm, "lipschitz.bottom_norm", LIPSCHITZ_NORMS))
         # The search region is the bottom norm's ball ∩ [0, 1]: project and step like an attack would.
         self.threat = make_threat("inf" if self.bottom == math.inf else str(int(self.bottom)), eps)
-        self.eps = self.threat.eps
         self.steps = check_positive_int("lipschitz.steps", steps)
         if step_size is None:
             step_size = FAITHFUL_STEP_SIZE if self.fidelity == "faithful" else PAPER_RELATIVE_STEP * self.eps
         self.step_size = check_non_negative("lipschitz.step_size", step_size)
-        self.top = _norm_order("lipschitz.top_norm", top_norm)
+        self.top = norm_order(canonical_norm(top_norm, "lipschitz.top_norm", LIPSCHITZ_NORMS))
         self.init_std = check_non_negative("lipschitz.init_std", init_std)
+
+    @property
+    def eps(self) -> float:
+        """The radius of the search region, read from its threat model (the one place ε is stored)."""
+        return self.threat.eps
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, step_size={self.step_size:.4g}, "
             f"fidelity={self.fidelity}, top_norm={self.top}, bottom_norm={self.bottom})"
         )
+
+    name = "lipschitz"
+
+    def per_example(self, batch: EvalBatch) -> Tensor:
+        return self(batch.model, batch.x, batch.logits)
 
     def __call__(self, model: nn.Module, x: Tensor, logits: Tensor | None = None) -> Tensor:
         """Per-example ratio at the final iterate; ``logits`` (f(x) in eval mode) saves a forward pass."""

@@ -35,9 +35,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import float32, njit, prange, uint8
+
+from robustlip.runs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -518,3 +521,16 @@ def closest_pairs(
         if len(pairs) == k:
             break
     return pairs
+
+
+def kept_indices(n_train: int, drop_indices: Any) -> np.ndarray:
+    """Training positions left after ``drop_indices``; an index out of range is a config error."""
+    drop = np.asarray(list(drop_indices or []), dtype=np.int64)
+    bad = drop[(drop < 0) | (drop >= n_train)]
+    if len(bad):
+        raise ConfigError(
+            f"drop_indices={bad.tolist()!r} is not allowed; indices must lie in [0, {n_train}) (the training set)"
+        )
+    keep = np.ones(n_train, dtype=bool)
+    keep[drop] = False
+    return np.flatnonzero(keep)

@@ -1,7 +1,7 @@
-"""The paper's two MNIST networks, CNN1 (the authors' CNN001) and CNN2 (CNN002), SPEC §3.
+"""The paper's two MNIST networks, CNN1 (the authors' CNN001) and CNN2 (CNN002), docs/authors-code.md §3.
 
 Both expect 28×28 inputs (their first linear layer is sized for it) and contain dropout in every
-run of the paper (SPEC §13 item 12). The ``dropout`` knob therefore defaults to the authors' values:
+run of the paper (docs/authors-code.md §13 item 12). The ``dropout`` knob therefore defaults to the authors' values:
 
 * CNN1: ``dropout=None`` → channel-wise Dropout2d(0.25) after the pooling and Dropout(0.5) after the
   first linear layer; a number p puts p at both places; a pair ``[p_conv, p_fc]`` sets each;
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from robustlip.models.normalize import Normalize
-from robustlip.validation import ConfigError, check_positive_int, check_probability
+from robustlip.runs.errors import ConfigError, check_positive_int, check_probability
 
 
 def _dropout_pair(value: float | Sequence[float] | None, default: tuple[float, float]) -> tuple[float, float]:
@@ -35,7 +35,7 @@ def _dropout_pair(value: float | Sequence[float] | None, default: tuple[float, f
 
 
 class CNN1(nn.Module):
-    """CNN001 (SPEC §3): conv32 → ReLU → conv64 (no ReLU) → max-pool → Dropout2d → fc128 → ReLU → Dropout → fc.
+    """CNN001 (docs/authors-code.md §3): conv32 → ReLU → conv64 (no ReLU) → max-pool → Dropout2d → fc128 → ReLU → Dropout → fc.
 
     1,199,882 parameters for 10 classes. Default PyTorch initialisation, as the authors.
     """
@@ -58,7 +58,7 @@ class CNN1(nn.Module):
             nn.Conv2d(in_channels, 32, 3),
             nn.ReLU(),
             nn.Conv2d(32, 64, 3),
-            # No ReLU here: the authors' CNN001 differs from the PyTorch MNIST example (SPEC §3).
+            # No ReLU here: the authors' CNN001 differs from the PyTorch MNIST example (docs/authors-code.md §3).
             nn.MaxPool2d(2),
             nn.Dropout2d(p_conv),
         )
@@ -75,7 +75,7 @@ class CNN1(nn.Module):
 
 
 class CNN2(nn.Module):
-    """CNN002, the TRADES small CNN (SPEC §3): 4 convs (32, 32, 64, 64), 2 max-pools, fc 200-200-C.
+    """CNN002, the TRADES small CNN (docs/authors-code.md §3): 4 convs (32, 32, 64, 64), 2 max-pools, fc 200-200-C.
 
     312,202 parameters for 10 classes. Init as the authors: conv weights Kaiming-normal (fan_in,
     ReLU gain) with zero biases, the last linear layer's weight and bias zero, other linears default.

@@ -1,7 +1,7 @@
 """A small CNN for scikit-learn's 8×8 digits, the quickstart's network.
 
 Two 3×3 convolutions (padded, so 8×8 stays 8×8), one max-pool to 4×4 and a two-layer head; dropout
-sits where the paper's CNN1 puts it (after the pooling and after the first linear layer, SPEC §3).
+sits where the paper's CNN1 puts it (after the pooling and after the first linear layer, docs/authors-code.md §3).
 About 140k parameters: it trains in seconds on a CPU and still has enough capacity to show the gap
 between natural and adversarial training.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from robustlip.models.normalize import Normalize
-from robustlip.validation import check_positive_int, check_probability
+from robustlip.runs.errors import check_positive_int, check_probability
 
 
 class DigitsCNN(nn.Module):

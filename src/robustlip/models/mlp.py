@@ -2,7 +2,7 @@
 
 Flatten → [Linear → ReLU → Dropout] × len(hidden) → Linear. ``in_features`` is the data's C·H·W
 (``${data.in_features}``), so the same config runs on the 1-value staircase and on 28×28 images.
-The authors' code also defines an MLP (unused in the paper, SPEC §3); this one is ours.
+The authors' code also defines an MLP (unused in the paper, docs/authors-code.md §3); this one is ours.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from robustlip.models.normalize import Normalize
-from robustlip.validation import check_positive_int, check_probability
+from robustlip.runs.errors import check_positive_int, check_probability
 
 
 class MLP(nn.Module):

@@ -2,7 +2,7 @@
 
 Data stays in [0, 1] pixel space (DESIGN.md): every ε, attack and Lipschitz estimate is in pixel
 units, and the network standardises its own input. The authors' networks used no normalisation at
-all (SPEC §2); ``mean=0, std=1`` reproduces that exactly.
+all (docs/authors-code.md §2); ``mean=0, std=1`` reproduces that exactly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``model=paper``: the architecture the paper uses for the chosen dataset (SPEC §8).
+"""``model=paper``: the architecture the paper uses for the chosen dataset (docs/authors-code.md §8).
 
 Each data config names its paper network in ``data.paper.model`` (cnn1 for MNIST, wrn_40_10 for
 CIFAR-10/SVHN, resnet50 for Restricted ImageNet, ...). Hydra cannot let the data group select an
@@ -19,7 +19,7 @@ from robustlip.models.digits_cnn import DigitsCNN
 from robustlip.models.mlp import MLP
 from robustlip.models.resnet import ResNet50
 from robustlip.models.wide_resnet import WideResNet
-from robustlip.validation import check_choice
+from robustlip.runs.errors import check_choice
 
 #: Architecture name (as in conf/model/<name>.yaml) -> constructor with the paper's settings.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

@@ -1,4 +1,4 @@
-"""ResNet-50 for Restricted ImageNet: torchvision's network with the authors' dropout (SPEC §3).
+"""ResNet-50 for Restricted ImageNet: torchvision's network with the authors' dropout (docs/authors-code.md §3).
 
 The authors copied torchvision's ResNet (7×7/2 stem, 3×3/2 max-pool, Bottleneck stages [3, 4, 6, 3],
 global average pool, fc 2048 → C, Kaiming fan-out conv init, not pretrained), so we build exactly
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
 from robustlip.models.normalize import Normalize
-from robustlip.validation import check_positive_int, check_probability
+from robustlip.runs.errors import check_positive_int, check_probability
 
 
 class DropoutBottleneck(Bottleneck):

@@ -1,4 +1,4 @@
-"""WideResNet as the authors use it for CIFAR-10 and SVHN (the TRADES/Zagoruyko code, SPEC §3).
+"""WideResNet as the authors use it for CIFAR-10 and SVHN (the TRADES/Zagoruyko code, docs/authors-code.md §3).
 
 Depth D and widen factor k give n = (D − 4)/6 pre-activation blocks per stage, channels
 [16, 16k, 32k, 64k], stage strides 1, 2, 2. Block: BN → ReLU → conv3×3(stride) → BN → ReLU →
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlip.models.normalize import Normalize
-from robustlip.validation import ConfigError, check_positive_int, check_probability
+from robustlip.runs.errors import ConfigError, check_positive_int, check_probability
 
 
 class WideBasicBlock(nn.Module):

@@ -4,7 +4,7 @@
 """
 
 from robustlip.objectives.adversarial import AdversarialTraining
-from robustlip.objectives.base import FIDELITIES, Objective, ObjectiveOutput
+from robustlip.objectives.base import Objective, ObjectiveOutput
 from robustlip.objectives.gradient_reg import GradientRegularization
 from robustlip.objectives.llr import LocalLinearity
 from robustlip.objectives.natural import Natural
@@ -12,7 +12,6 @@ from robustlip.objectives.rst import RST
 from robustlip.objectives.trades import TRADES
 
 __all__ = [
-    "FIDELITIES",
     "RST",
     "TRADES",
     "AdversarialTraining",

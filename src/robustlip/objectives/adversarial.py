@@ -1,9 +1,9 @@
-"""Madry adversarial training, AT (SPEC §5.2).
+"""Madry adversarial training, AT (docs/authors-code.md §5.2).
 
 L = CE(f(x'), y) with x' the PGD attack of the current model: ℓ∞ (or ℓ2), ε, 10 steps of ε/5, one
 uniform random start, projection onto the ε-ball ∩ [0, 1]. The clean example is not used.
 
-Fidelity (SPEC §13.4, §13.6):
+Fidelity (docs/authors-code.md §13.4, §13.6):
 
 * ``paper``: the attack runs in eval mode (the network the attack should beat is the one that is
   evaluated), the loss is the batch mean;
@@ -11,7 +11,7 @@ Fidelity (SPEC §13.4, §13.6):
   using and updating batch statistics during all attack forwards), and the loss is the batch sum.
 
 The logits returned for the training accuracy are those of the adversarial batch, as the authors log
-them (SPEC §4): the only forward pass this objective makes.
+them (docs/authors-code.md §4): the only forward pass this objective makes.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class AdversarialTraining(Objective):
     """L = CE(f(PGD(x)), y), mean- or sum-reduced by fidelity."""
 
     name = "at"
+    title = "AT"
+    table_order = 3
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ training loss, the logits used for the training accuracy, and named parts for lo
 defaults.
 
 ``fidelity`` selects between the method as the paper defines it (``paper``: mean-reduced losses,
-attacks in eval mode, ...) and the behaviour of the authors' code listed in SPEC §13 (``faithful``:
+attacks in eval mode, ...) and the behaviour of the authors' code listed in docs/authors-code.md §13 (``faithful``:
 sum-reduced losses, ...), so the table presets can match the published numbers.
 """
 
@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from robustlip.attacks.threat import canonical_norm
-from robustlip.validation import check_choice, check_non_negative, check_positive_int
-
-FIDELITIES = ("paper", "faithful")
+from robustlip.fidelity import FIDELITIES
+from robustlip.runs.errors import check_choice, check_non_negative, check_positive_int
 
 
 def check_attack_budget(eps: float, norm: str, steps: int, step_size: float | None) -> tuple[float, str, int, float | None]:
@@ -41,15 +40,47 @@ class ObjectiveOutput:
     parts: dict[str, Tensor] = field(default_factory=dict)
 
 
+def format_knob(value: float) -> str:
+    """A hyper-parameter as the paper's row names write it: 0.5 -> '.5', 3.0 -> '3'."""
+    text = f"{float(value):g}"
+    return text[1:] if text.startswith("0.") else text
+
+
 class Objective(nn.Module):
-    """Base class: holds the fidelity switch and the batch reduction it implies (SPEC §4, §13.4)."""
+    """Base class: holds the fidelity switch and the batch reduction it implies (docs/authors-code.md §4, §13.4).
+
+    Each objective also knows how the paper's tables name it (``label``, e.g. ``TRADES(β=6)``) and
+    where its row goes (``sort_key``: the Tables 2–4 order, then the knob's value), so reports and
+    dashboards need no list of methods.
+    """
 
     name: str = "objective"
+    #: The method's name in the paper's tables, and its row's place there (Natural, GR, LLR, AT, RST, TRADES).
+    title: str = "Objective"
+    table_order: int = 99
 
     def __init__(self, fidelity: str = "paper", name: str | None = None) -> None:
         super().__init__()
         self.name = name or type(self).name
         self.fidelity = check_choice("fidelity", fidelity, FIDELITIES)
+
+    def label_knobs(self) -> list[tuple[str, float]]:
+        """The (symbol, value) pairs a row name shows: the knobs the paper sweeps, or any set off its default."""
+        return []
+
+    @property
+    def label(self) -> str:
+        """The row name of this objective in a results table, e.g. ``RST(λ=.5)``."""
+        knobs = self.label_knobs()
+        if not knobs:
+            return self.title
+        return f"{self.title}({','.join(f'{symbol}={format_knob(value)}' for symbol, value in knobs)})"
+
+    @property
+    def sort_key(self) -> tuple[int, float]:
+        """Rows sort in the paper's order of methods, then by the first knob's value."""
+        knobs = self.label_knobs()
+        return self.table_order, float(knobs[0][1]) if knobs else 0.0
 
     @property
     def faithful(self) -> bool:

@@ -1,4 +1,4 @@
-"""Input-gradient regularisation by finite differences, GR ("TULIP", Finlay & Oberman; SPEC §5.5).
+"""Input-gradient regularisation by finite differences, GR ("TULIP", Finlay & Oberman; docs/authors-code.md §5.5).
 
 Penalising ½‖∇ₓℓ(x)‖² directly needs double back-propagation. TULIP replaces the gradient norm by a
 forward difference along the normalised gradient, which needs only one extra forward pass:
@@ -14,7 +14,7 @@ penalty's gradient flows through both ℓ(x + h·v) and ℓ(x). Defaults λ = 1,
 Fidelity:
 
 * ``paper``: the cross-entropy gradient is counted once and both terms are batch means.
-* ``faithful`` (SPEC §13.3): the authors' code back-propagates the summed CE inside the loss and again
+* ``faithful`` (docs/authors-code.md §13.3): the authors' code back-propagates the summed CE inside the loss and again
   in the training loop, so the applied gradient is 2·∇S + λ·∇Σpenalty with S = Σ_i ℓ_i. Here that is
   one loss with the same gradient, L = 2·S + λ·Σ_i penalty_i (its *value* is S larger than the
   authors' logged loss). The input gradient is taken with ``torch.autograd.grad``, so no parameter
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlip.objectives.base import Objective, ObjectiveOutput
-from robustlip.validation import ConfigError, check_non_negative
+from robustlip.runs.errors import ConfigError, check_non_negative
 
 
 def unit_l2_direction(grad: Tensor) -> Tensor:
@@ -41,6 +41,8 @@ class GradientRegularization(Objective):
     """L = CE(x) + λ·½·((CE(x + h·v) − CE(x)) / h)², v the unit input gradient."""
 
     name = "gr"
+    title = "GR"
+    table_order = 1
 
     def __init__(self, lam: float = 1.0, h: float = 1.0, fidelity: str = "paper", name: str | None = None) -> None:
         super().__init__(fidelity, name)
@@ -48,6 +50,9 @@ class GradientRegularization(Objective):
         self.h = check_non_negative("objective.h", h)
         if self.h == 0:
             raise ConfigError(f"objective.h={h!r} is not allowed; the finite-difference step must be > 0")
+
+    def label_knobs(self) -> list[tuple[str, float]]:
+        return [] if self.lam == 1.0 else [("λ", self.lam)]
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, h={self.h}, fidelity={self.fidelity}"

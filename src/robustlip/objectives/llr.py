@@ -1,4 +1,4 @@
-"""Local linearity regularisation, LLR (Qin et al. 2019; SPEC §5.6).
+"""Local linearity regularisation, LLR (Qin et al. 2019; docs/authors-code.md §5.6).
 
 With γ(δ) = |ℓ(x+δ) − ℓ(x) − δᵀ∇ₓℓ(x)| and δ* the perturbation in the ε-ball that maximises it
 (``attacks.LocalLinearityPGD``, eval mode, 2 steps of ε/2 from a 0.001-Gaussian start),
@@ -9,7 +9,7 @@ The outer ∇ₓℓ(x) is computed with ``create_graph=True`` (double back-propa
 regularisers train the network's input gradient, as Qin et al. define them. Defaults (λ, μ) = (4, 3);
 the paper uses (3, 6) on Restricted ImageNet.
 
-    faithful:  L = Σ_i ℓ_i(x) + λ·Σ_i ℓ_i(x + δ*_i)          (SPEC §5.6, §13.2)
+    faithful:  L = Σ_i ℓ_i(x) + λ·Σ_i ℓ_i(x + δ*_i)          (docs/authors-code.md §5.6, §13.2)
 
 The authors' code zeroes ∇ₓℓ(x) in place before using it and comments out ℓ(x) inside γ, so γ
 collapses to the summed cross-entropy at x + δ*, the μ term vanishes (μ has no effect), and the inner
@@ -27,13 +27,15 @@ from torch import Tensor, nn
 
 from robustlip.attacks import LocalLinearityPGD, directional_derivative, linearity_gap
 from robustlip.objectives.base import Objective, ObjectiveOutput, check_attack_budget
-from robustlip.validation import check_non_negative
+from robustlip.runs.errors import check_non_negative
 
 
 class LocalLinearity(Objective):
     """L = ℓ(x) + λ·γ(δ*) + μ·|δ*ᵀ∇ℓ(x)| (paper) or Σℓ(x) + λ·Σℓ(x+δ*) (faithful)."""
 
     name = "llr"
+    title = "LLR"
+    table_order = 2
 
     def __init__(
         self,
@@ -51,6 +53,10 @@ class LocalLinearity(Objective):
         self.mu = check_non_negative("objective.mu", mu)
         eps, norm, steps, step_size = check_attack_budget(eps, norm, steps, step_size)
         self.attack = LocalLinearityPGD(eps=eps, norm=norm, steps=steps, step_size=step_size, faithful=self.faithful)
+
+    def label_knobs(self) -> list[tuple[str, float]]:
+        # The paper's (λ, μ) = (4, 3) is the plain "LLR" row; other settings name both.
+        return [] if (self.lam, self.mu) == (4.0, 3.0) else [("λ", self.lam), ("μ", self.mu)]
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, mu={self.mu}, fidelity={self.fidelity}, attack={self.attack!r}"

@@ -1,4 +1,4 @@
-"""Natural training: cross-entropy on clean inputs (SPEC §5.1)."""
+"""Natural training: cross-entropy on clean inputs (docs/authors-code.md §5.1)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ class Natural(Objective):
     """L = CE(f(x), y), mean- or sum-reduced by fidelity."""
 
     name = "natural"
+    title = "Natural"
+    table_order = 0
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         logits = model(x)

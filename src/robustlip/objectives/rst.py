@@ -1,13 +1,13 @@
-"""Robust self-training with labelled data only, RST (Raghunathan et al. 2020; SPEC §5.3).
+"""Robust self-training with labelled data only, RST (Raghunathan et al. 2020; docs/authors-code.md §5.3).
 
 L = CE(f(x), y) + λ · CE(f(x'), y), x' the same PGD attack as AT (``adversarial.madry_attack``). λ
-multiplies the adversarial term with no (1 + λ) normalisation, as in the authors' code (SPEC §13.7);
+multiplies the adversarial term with no (1 + λ) normalisation, as in the authors' code (docs/authors-code.md §13.7);
 the paper sweeps λ ∈ {0.5, 1, 2}. λ = 0 is natural training.
 
 Fidelity: ``paper`` attacks in eval mode and averages over the batch; ``faithful`` attacks in train mode
-and sums (SPEC §13.4, §13.6). The adversarial forward comes before the clean one, as in the authors'
+and sums (docs/authors-code.md §13.4, §13.6). The adversarial forward comes before the clean one, as in the authors'
 code, so BatchNorm's running statistics see the batches in the same order. The logits returned for
-the training accuracy are the adversarial ones (the authors' logging, SPEC §4).
+the training accuracy are the adversarial ones (the authors' logging, docs/authors-code.md §4).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from torch import Tensor, nn
 
 from robustlip.objectives.adversarial import madry_attack
 from robustlip.objectives.base import Objective, ObjectiveOutput
-from robustlip.validation import check_non_negative
+from robustlip.runs.errors import check_non_negative
 
 
 class RST(Objective):
     """L = CE(x) + λ·CE(PGD(x)), mean- or sum-reduced by fidelity."""
 
     name = "rst"
+    title = "RST"
+    table_order = 4
 
     def __init__(
         self,
@@ -38,6 +40,9 @@ class RST(Objective):
         super().__init__(fidelity, name)
         self.lam = check_non_negative("objective.lam", lam)
         self.attack = madry_attack(eps, norm, steps, step_size, self.faithful)
+
+    def label_knobs(self) -> list[tuple[str, float]]:
+        return [("λ", self.lam)]
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}, fidelity={self.fidelity}, attack={self.attack!r}"

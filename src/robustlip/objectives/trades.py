@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al. 2019), the sum version the paper runs (``strades``; SPEC §5.4).
+"""TRADES (Zhang et al. 2019), the sum version the paper runs (``strades``; docs/authors-code.md §5.4).
 
 L = CE(f(x), y) + β · KL( p(x) ‖ p(x') ), x' = argmax over the ε-ball ∩ [0, 1] of the same KL
 (``attacks.KLDivergencePGD``: eval mode, Gaussian 0.001 start, 10 sign steps of ε/5). The clean
@@ -6,7 +6,7 @@ prediction p(x) is *not* detached in the KL term: gradients flow through both ar
 reference TRADES code. The paper sweeps β ∈ {1, 3, 6}; β = 0 is natural training.
 
 Fidelity: ``paper`` averages CE and KL over the batch (Zhang et al.'s code); ``faithful`` sums both,
-Σ_i [CE_i + β·KL_i], the authors' ``strades`` (SPEC §5.4, §13.4). The inner loop is in eval mode in both.
+Σ_i [CE_i + β·KL_i], the authors' ``strades`` (docs/authors-code.md §5.4, §13.4). The inner loop is in eval mode in both.
 One clean forward serves both terms (the authors run it twice, which only matters for dropout masks).
 """
 
@@ -17,13 +17,15 @@ from torch import Tensor, nn
 
 from robustlip.attacks import KLDivergencePGD, prediction_divergence
 from robustlip.objectives.base import Objective, ObjectiveOutput, check_attack_budget
-from robustlip.validation import check_non_negative
+from robustlip.runs.errors import check_non_negative
 
 
 class TRADES(Objective):
     """L = CE(x) + β·KL(p(x) ‖ p(x')), mean- or sum-reduced by fidelity."""
 
     name = "trades"
+    title = "TRADES"
+    table_order = 5
 
     def __init__(
         self,
@@ -39,6 +41,9 @@ class TRADES(Objective):
         self.beta = check_non_negative("objective.beta", beta)
         eps, norm, steps, step_size = check_attack_budget(eps, norm, steps, step_size)
         self.attack = KLDivergencePGD(eps=eps, norm=norm, steps=steps, step_size=step_size, model_mode="eval")
+
+    def label_knobs(self) -> list[tuple[str, float]]:
+        return [("β", self.beta)]
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, fidelity={self.fidelity}, attack={self.attack!r}"

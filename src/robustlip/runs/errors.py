@@ -1,4 +1,7 @@
-"""One-line, early, named errors for bad configuration values (DESIGN.md, "Errors")."""
+"""One-line, early, named errors for bad configuration values (DESIGN.md, "Errors").
+
+Every known failure class carries the ``exit_code`` its entry point exits with (robustlip.cli).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,15 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key, the value and what is allowed."""
+
+    #: Exit status of an entry point that stops on it (robustlip.cli): bad input.
+    exit_code = 2
+
+
+class RunInterrupted(RuntimeError):
+    """A run stopped by a signal after saving its state; the message says how to resume it."""
+
+    exit_code = 143
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:

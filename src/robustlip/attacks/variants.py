@@ -13,7 +13,7 @@ import copy
 
 from robustlip.attacks.base import Attack
 from robustlip.attacks.pgd import FGSM
-from robustlip.validation import ConfigError
+from robustlip.runs.errors import ConfigError
 
 
 def _require(attack: Attack, *names: str) -> None:
@@ -31,7 +31,6 @@ def with_eps(attack: Attack, eps: float) -> Attack:
     variant = copy.copy(attack)
     variant.threat = copy.copy(attack.threat)
     variant.threat.eps = float(eps)
-    variant.eps = float(eps)
     variant.step_size = attack.step_size * eps / attack.eps if attack.eps > 0 else float(eps) / 5
     return variant
 

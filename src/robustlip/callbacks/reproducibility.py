@@ -1,9 +1,7 @@
-"""Runs that can be stopped at any batch and resumed to the same numbers (issue 9).
+"""Runs whose random draws are a function of ``(seed, epoch, batch)``, so they can stop anywhere and resume to the same numbers.
 
-Two Lightning callbacks that ``train.py`` adds to every run:
-
-:class:`ReproducibleRandomness` makes every random draw of training a function of
-``(seed, epoch, batch)`` instead of "whatever the global RNG stream reached":
+:class:`ReproducibleRandomness` (added to every run by ``robustlip-train``) replaces "whatever the
+global RNG stream reached" by seeded draws:
 
 * the training data order of epoch ``e`` is a permutation seeded by ``(seed, e)``, and a resumed
   epoch skips the batches it already trained on. Lightning 2.x restores the loop counters of a
@@ -15,16 +13,7 @@ Two Lightning callbacks that ``train.py`` adds to every run:
   the random starts of training attacks and of evaluation attacks draw the same numbers whether or
   not the run was interrupted, and no RNG state has to travel in the checkpoint.
 
-:class:`ResumeCheckpoint` keeps ``<run dir>/checkpoints/last.ckpt`` the newest resumable state:
-
-* at the end of every training epoch (Lightning 2.6's ``ModelCheckpoint(save_last=True)`` only
-  rewrites last.ckpt when a top-k checkpoint was saved, i.e. when the monitored metric improved, so
-  after a SIGKILL it could be several epochs old);
-* on SIGTERM (what SLURM sends before preemption or at the time limit): Lightning's signal connector
-  turns SIGTERM into ``SIGTERMException`` at the end of the current batch, and this callback writes the
-  full training state (weights, optimizer, loops, callbacks) at that batch.
-
-Never on any other exception: a crash or a NaN must not replace the last good checkpoint.
+Saving the state to resume from is :mod:`robustlip.callbacks.resume`'s job.
 """
 
 from __future__ import annotations
@@ -33,17 +22,12 @@ import hashlib
 import logging
 import random
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, RandomSampler, Sampler
-
-from robustlip.checkpointing import last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -131,48 +115,3 @@ class ReproducibleRandomness(pl.Callback):
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The evaluation attacks' random starts: the same numbers for the same final model.
         seed_all(derive_seed(self.seed, "test"))
-
-
-def keep_csv_history(loggers: list[Any]) -> list[Path]:
-    """Move an earlier ``metrics.csv`` of each CSVLogger aside (``metrics.part1.csv``, ...) before fitting.
-
-    Lightning's CSV writer deletes an existing metrics.csv when it starts, so a resumed run (same run
-    dir) would lose the metrics logged before the interruption. Returns the files kept.
-    """
-    kept = []
-    for logger in loggers:
-        if not isinstance(logger, CSVLogger):
-            continue
-        current = Path(logger.log_dir) / "metrics.csv"
-        if current.is_file():
-            n = 1
-            while (target := current.with_name(f"metrics.part{n}.csv")).exists():
-                n += 1
-            current.rename(target)
-            kept.append(target)
-    return kept
-
-
-class ResumeCheckpoint(pl.Callback):
-    """Save the whole training state to ``<run dir>/checkpoints/last.ckpt`` every epoch and on SIGTERM."""
-
-    def __init__(self, output_dir: str | Path) -> None:
-        super().__init__()
-        self.path = last_checkpoint(output_dir)
-        self.saved: Path | None = None
-        self.position = ""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # After validation and ModelCheckpoint's top-k bookkeeping of this epoch, so their state is in it.
-        if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path, weights_only=False)
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
-            # A crash or a NaN must not overwrite the last good checkpoint with the state that failed.
-            return
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        self.position = f"epoch {trainer.current_epoch}, global step {trainer.global_step}, batch {batches} of the epoch"
-        trainer.save_checkpoint(self.path, weights_only=False)
-        self.saved = self.path
-        log.warning("SIGTERM: saved %s at %s", self.path, self.position)

@@ -18,8 +18,11 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from robustlip.config import redact
-from robustlip.results import RESULT_KEYS
+from robustlip.callbacks.robust_evaluation import RobustEvaluation
+from robustlip.objectives.base import Objective
+from robustlip.reporting.tables import dropout_label
+from robustlip.runs.config import redact
+from robustlip.runs.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def hydra_overrides() -> list[str]:
 
 
 def _redact_override(override: str) -> str:
-    """``key=value`` redacted by the same rules as a config entry (:func:`robustlip.config.redact`)."""
+    """``key=value`` redacted by the same rules as a config entry (:func:`robustlip.runs.config.redact`)."""
     key, sep, value = override.partition("=")
     return f"{key}={redact({key: value})[key]}" if sep else redact(override)
 
@@ -68,20 +71,18 @@ class WandbResults(pl.Callback):
     @staticmethod
     def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
         for callback in trainer.callbacks:
-            metrics = getattr(callback, "metrics", None)
-            if isinstance(metrics, dict) and metrics:
-                return {k: float(metrics[k]) for k in RESULT_KEYS if k in metrics}
+            if isinstance(callback, RobustEvaluation):
+                return {k: float(callback.metrics[k]) for k in RESULT_KEYS if k in callback.metrics}
         return {}
 
     @staticmethod
     def _row_label(pl_module: pl.LightningModule) -> tuple[str, str]:
-        from robustlip.report import Run, _dropout, flatten, method_label
-
+        """The run's table row: its objective's label and its model's dropout (as robustlip-report names them)."""
+        objective = getattr(pl_module, "objective", None)
         config = pl_module.hparams.get("config") if hasattr(pl_module, "hparams") else None
-        if not isinstance(config, dict):
-            return "?", "?"
-        run = Run(path=None, config=flatten(config), metrics={})  # type: ignore[arg-type]
-        return method_label(run)[0], _dropout(run)
+        model = config.get("model") if isinstance(config, dict) else None
+        dropout = dropout_label(model.get("dropout")) if isinstance(model, dict) else "?"
+        return (objective.label if isinstance(objective, Objective) else "?"), dropout
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from pytorch_lightning.loggers import WandbLogger

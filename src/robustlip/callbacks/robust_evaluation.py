@@ -31,7 +31,7 @@ Trainer's ``inference_mode`` is left on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,14 +42,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from robustlip.attacks.base import Attack
-from robustlip.callbacks.probes import Probe
-from robustlip.metrics.robust_accuracy import CorrectFraction, SumMean
-from robustlip.results import RESULT_KEYS, write_json_atomic
+from robustlip.callbacks.eps_sweep import Probe
+from robustlip.metrics.accuracy import AdversarialAccuracy, CleanAccuracy, CorrectFraction
+from robustlip.metrics.base import EvalBatch, ExampleMetric, SumState
+from robustlip.runs.errors import ConfigError
+from robustlip.runs.files import write_json_atomic
+from robustlip.runs.results import RESULT_KEYS, with_gaps
 
 log = logging.getLogger(__name__)
 
-#: ``estimator(model, x, logits=None) -> per-example local Lipschitz ratios`` (``metrics.lipschitz``).
-LipschitzEstimator = Callable[..., Tensor]
 #: Separate random streams for the three splits the callback attacks.
 SPLIT_STREAMS = {"test": 0, "train": 1, "val": 2}
 
@@ -87,65 +88,36 @@ def unrepeated_shard(loader: DataLoader, rank: int, world_size: int) -> DataLoad
 
 
 class SplitMeter(nn.Module):
-    """Clean accuracy, adversarial accuracy and mean Lipschitz ratio of one split (sum states)."""
+    """The sum states of every metric on one split: ``{name: (sum, count)}`` of per-example values."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Iterable[ExampleMetric]) -> None:
         super().__init__()
-        self.acc = CorrectFraction()
-        self.adv_acc = CorrectFraction()
-        self.lipschitz = SumMean()
+        self.metrics = list(metrics)
+        self.states = nn.ModuleDict({metric.name: SumState(metric) for metric in self.metrics})
 
-    def update(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        attack: Attack | None,
-        lipschitz: LipschitzEstimator | None,
-        logits: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Measure one batch; returns (clean logits, adversarial logits) for probes to reuse.
+    def update(self, model: nn.Module, x: Tensor, y: Tensor, logits: Tensor | None = None) -> EvalBatch:
+        """Measure one batch with every metric, in order; returns the batch (clean and adversarial logits).
 
         ``logits`` are f(x) if the caller already has them (e.g. from ``test_step``): the clean
-        forward pass is done once per batch and shared by accuracy and the Lipschitz estimate.
+        forward pass is done once per batch and shared by every metric.
         """
         with torch.no_grad():
             clean = model(x) if logits is None else logits
-        self.acc.update(clean, y)
-        adv = None
-        if attack is not None:
-            x_adv = attack(model, x, y)
-            with torch.no_grad():
-                adv = model(x_adv)
-            self.adv_acc.update(adv, y)
-        if lipschitz is not None:
-            self.lipschitz.update(lipschitz(model, x, clean))
-        return clean, adv
+        batch = EvalBatch(model, x, y, clean)
+        for metric in self.metrics:
+            self.states[metric.name].update(metric.per_example(batch))
+        return batch
 
     def compute(self, prefix: str) -> dict[str, float]:
-        out = {f"{prefix}/acc": self.acc.compute().item()}
-        if self.adv_acc.total > 0:
-            out[f"{prefix}/adv_acc"] = self.adv_acc.compute().item()
-        if self.lipschitz.count > 0:
-            out[f"{prefix}/lipschitz"] = self.lipschitz.compute().item()
-        return out
+        return {f"{prefix}/{name}": state.compute().item() for name, state in self.states.items() if state.count > 0}
 
     def count(self) -> int:
-        return int(self.acc.total)
+        """Examples seen (by the first metric, clean accuracy: every metric sees every example)."""
+        return int(next(iter(self.states.values())).count) if self.states else 0
 
     def reset(self) -> None:
-        for metric in (self.acc, self.adv_acc, self.lipschitz):
-            metric.reset()
-
-
-def with_gaps(metrics: dict[str, float]) -> dict[str, float]:
-    """Add the paper's generalization gaps (train − test, in percentage points) when both sides exist."""
-    out = dict(metrics)
-    if "train/acc" in out and "test/acc" in out:
-        out["gap"] = out["train/acc"] - out["test/acc"]
-    if "train/adv_acc" in out and "test/adv_acc" in out:
-        out["adv_gap"] = out["train/adv_acc"] - out["test/adv_acc"]
-    return out
+        for state in self.states.values():
+            state.reset()
 
 
 def _batch_logits(outputs: Any) -> Tensor | None:
@@ -170,12 +142,14 @@ class RobustEvaluation(pl.Callback):
         sanity: gradient-masking checks (``GradientMaskingChecks``), run on the test set.
         eps_sweep: an ``EpsSweep`` probe: adversarial accuracy for a list of ε, CSV + PNG.
         extra_results: extra entries for ``results.json`` (e.g. the evaluated checkpoint).
+        metrics: more metrics (``metrics.base`` protocol) measured on both splits after the paper's
+            three (``acc``, ``adv_acc``, ``lipschitz``); a mapping's keys are only config names.
     """
 
     def __init__(
         self,
         attack: Attack | None,
-        lipschitz: LipschitzEstimator | None = None,
+        lipschitz: ExampleMetric | None = None,
         evaluate_train: bool = True,
         results_file: str | Path | None = "results.json",
         val_every_n_epochs: int = 0,
@@ -184,6 +158,7 @@ class RobustEvaluation(pl.Callback):
         sanity: Probe | None = None,
         eps_sweep: Probe | None = None,
         extra_results: dict[str, Any] | None = None,
+        metrics: Mapping[str, ExampleMetric] | Sequence[ExampleMetric] | None = None,
     ) -> None:
         super().__init__()
         self.attack = attack
@@ -195,7 +170,18 @@ class RobustEvaluation(pl.Callback):
         self.seed = seed
         self.probes: list[Probe] = [p for p in (sanity, eps_sweep) if p is not None]
         self.extra_results = dict(extra_results or {})
-        self.test_meter = SplitMeter()
+        extra = list(metrics.values()) if isinstance(metrics, Mapping) else list(metrics or [])
+        #: The metric objects measured on every split, in order (the attack's random start first).
+        self.measurements: list[ExampleMetric] = [
+            CleanAccuracy(),
+            *([AdversarialAccuracy(attack)] if attack is not None else []),
+            *([lipschitz] if lipschitz is not None else []),
+            *(m for m in extra if m is not None),
+        ]
+        names = [m.name for m in self.measurements]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"callbacks.robust_evaluation.metrics: two metrics share a name in {names}; rename one")
+        self.test_meter = SplitMeter(self.measurements)
         self.val_adv_acc = CorrectFraction()
         self.metrics: dict[str, float] = {}
         self.sections: dict[str, Any] = {}
@@ -254,16 +240,17 @@ class RobustEvaluation(pl.Callback):
     def _measure(self, model, meter: SplitMeter, x, y, split: str, batch_idx: int, logits=None) -> None:
         with outside_inference_mode(), seeded(self.seed, split, batch_idx, model.device):
             x, y = x.clone(), y.clone()
-            clean, adv = meter.update(model, x, y, self.attack, self.lipschitz, logits)
+            batch = meter.update(model, x, y, logits)
             if split == "test" and self.attack is not None:
+                adv = batch.adversarial.get(AdversarialAccuracy.name)
                 for probe in self.probes:
                     if probe.wants(batch_idx):
-                        probe.observe(model, x, y, self.attack, clean, adv)
+                        probe.observe(model, x, y, self.attack, batch.logits, adv)
 
     def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None) -> SplitMeter:
         """One pass over ``loader`` measuring the same three numbers as the test loop."""
         with outside_inference_mode():
-            meter = meter if meter is not None else SplitMeter().to(model.device)
+            meter = meter if meter is not None else SplitMeter(self.measurements).to(model.device)
         for batch_idx, (x, y) in enumerate(loader):
             self._measure(model, meter, x.to(model.device), y.to(model.device), split, batch_idx)
         return meter
@@ -298,6 +285,7 @@ class RobustEvaluation(pl.Callback):
 
     def write_results(self, trainer: pl.Trainer) -> Path:
         ordered = {key: self.metrics[key] for key in RESULT_KEYS if key in self.metrics}
+        ordered.update({key: value for key, value in self.metrics.items() if key not in ordered})
         payload = {
             "metrics": ordered,
             "attack": repr(self.attack),

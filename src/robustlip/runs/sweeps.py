@@ -29,7 +29,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from robustlip.results import RESULT_KEYS, write_json_atomic
+from robustlip.runs.files import write_json_atomic
+from robustlip.runs.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,6 @@ def num_gpus() -> int:
 if not OmegaConf.has_resolver("robustlip.num_gpus"):
     OmegaConf.register_new_resolver("robustlip.num_gpus", num_gpus)
 
-#: The slot this *process* holds: (lock dir, gpu id, open lock file). A worker keeps its GPU for life,
-#: because CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation, so a reused worker cannot move.
-_CLAIM: tuple[str, str, Any] | None = None
-
-
 def claim_gpu(lock_dir: str | Path, gpus: Sequence[str], wait_s: float = 60.0) -> tuple[str, Any]:
     """Take the first GPU whose lock file no other process holds; returns (gpu id, open lock file).
 
@@ -124,6 +120,10 @@ class GpuPerJob(Callback):
     With no GPU at all it does nothing (CPU sweeps).
     """
 
+    #: The slot this *process* holds: (lock dir, GPU id, open lock file). A worker keeps its GPU for life,
+    #: because CUDA reads CUDA_VISIBLE_DEVICES once, at initialisation, so a reused worker cannot move.
+    claim: tuple[str, str, Any] | None = None
+
     def __init__(self, gpus: Sequence[Any] | None = None) -> None:
         self.gpus = [str(g) for g in gpus] if gpus is not None else None
 
@@ -142,26 +142,23 @@ class GpuPerJob(Callback):
             log.info("gpu_pinning: up to %s concurrent jobs on GPUs %s", n_jobs, gpus)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _CLAIM
         gpus = self._gpus()
         if not gpus:
             return
         lock_dir = str(Path(str(config.hydra.sweep.dir)) / _GPU_LOCK_DIR)
-        if _CLAIM is None or _CLAIM[0] != lock_dir:
-            if _CLAIM is not None:
-                _CLAIM[2].close()
+        if GpuPerJob.claim is None or GpuPerJob.claim[0] != lock_dir:
+            GpuPerJob.release()
             gpu, handle = claim_gpu(lock_dir, gpus)
-            _CLAIM = (lock_dir, gpu, handle)
-        os.environ["CUDA_VISIBLE_DEVICES"] = _CLAIM[1]
-        log.info("gpu_pinning: job %s -> CUDA_VISIBLE_DEVICES=%s", config.hydra.job.num, _CLAIM[1])
+            GpuPerJob.claim = (lock_dir, gpu, handle)
+        os.environ["CUDA_VISIBLE_DEVICES"] = GpuPerJob.claim[1]
+        log.info("gpu_pinning: job %s -> CUDA_VISIBLE_DEVICES=%s", config.hydra.job.num, GpuPerJob.claim[1])
 
-
-def release_gpu() -> None:
-    """Drop this process's GPU slot (tests; a worker otherwise keeps it until it exits)."""
-    global _CLAIM
-    if _CLAIM is not None:
-        _CLAIM[2].close()
-        _CLAIM = None
+    @classmethod
+    def release(cls) -> None:
+        """Drop this process's GPU slot (a worker keeps it across its jobs of one sweep until it exits)."""
+        if cls.claim is not None:
+            cls.claim[2].close()
+            cls.claim = None
 
 
 # --------------------------------------------------------------------------------------------------

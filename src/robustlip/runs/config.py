@@ -1,9 +1,9 @@
 """Where the Hydra configs live, how a config node becomes an object, and how a run directory is written.
 
-Three reliability rules live here (issue 9):
+Three reliability rules live here (docs/reliability.md):
 
 * :func:`instantiate_group` builds one config group and, when a constructor rejects a value with a
-  :class:`~robustlip.validation.ConfigError`, re-raises that error itself (prefixed with the group, e.g.
+  :class:`~robustlip.runs.errors.ConfigError`, re-raises that error itself (prefixed with the group, e.g.
   ``attack.norm='l3' is not allowed; ...``) instead of Hydra's ``InstantiationException`` wall;
 * :func:`to_plain_dict` redacts secrets (keys that look like credentials, and the values of secret
   environment variables such as ``WANDB_API_KEY``), so no API key reaches config.yaml, a checkpoint's
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from robustlip.validation import ConfigError
-
-#: conf/ ships inside the package as `robustlip.conf`; this reaches it in a checkout and when installed.
-CONFIG_PATH = "pkg://robustlip.conf"
+from robustlip.runs.errors import ConfigError
+from robustlip.runs.files import write_text_atomic
 
 #: Config keys whose values are credentials, whatever group they sit in.
 SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
@@ -89,29 +86,6 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, (FileNotFoundError, NotADirectoryError)):
             raise ConfigError(f"{key}: {cause}") from exc
         raise
-
-
-def _readable(path: str) -> None:
-    """mkstemp creates 0600 files; give them the usual permissions (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write through a temporary file in the same directory and a rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:

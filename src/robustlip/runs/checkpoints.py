@@ -6,7 +6,7 @@ code is refused, since unpickling it could run that code), and a missing, empty,
 file becomes one :class:`CheckpointError` line that names the file and what is wrong with it instead of
 a zip-reader traceback. :func:`check_compatible` compares a checkpoint with the run about to use it
 (architecture, number of classes, tensor shapes) so a wrong file fails before training, not inside
-``load_state_dict`` after minutes of data loading. ``robustlip-eval`` (issue 4) uses the same two
+``load_state_dict`` after minutes of data loading. ``robustlip-eval`` uses the same two
 functions.
 
 :func:`resolve_ckpt_path` turns the ``ckpt_path`` / ``resume`` keys of ``train.yaml`` into a file:
@@ -22,10 +22,8 @@ when ``/tmp`` is another file system).
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +32,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from robustlip.validation import ConfigError, check_choice
+from robustlip.runs.errors import ConfigError, check_choice
+from robustlip.runs.files import atomic_write
 
 #: Values of the ``resume`` key of train.yaml.
 RESUME_MODES = ("never", "auto")
@@ -206,13 +205,6 @@ def resolve_ckpt_path(ckpt_path: str | None, resume: str | None, output_dir: str
     return None
 
 
-def _readable(path: str) -> None:
-    """mkstemp creates 0600 files; give them the usual permissions (0666 minus the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves through a temporary file in the target directory and an atomic rename (fsync'ed).
 
@@ -223,16 +215,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            _readable(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, binary=True) as handle:
+            torch.save(checkpoint, handle)

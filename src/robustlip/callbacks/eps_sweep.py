@@ -20,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
-from robustlip.callbacks.variants import with_eps
-from robustlip.metrics.robust_accuracy import CorrectFraction
-from robustlip.validation import ConfigError
+from robustlip.attacks.variants import with_eps
+from robustlip.metrics.accuracy import CorrectFraction
+from robustlip.reporting.plots import plot_curve
+from robustlip.runs.errors import ConfigError
+from robustlip.runs.files import atomic_write
 
 
 class Probe(nn.Module):
@@ -115,30 +117,8 @@ class EpsSweep(Probe):
 
 
 def write_curve_csv(points: list[dict[str, float]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_write(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=["eps", "adv_acc"])
         writer.writeheader()
         writer.writerows(points)
-    return path
-
-
-def plot_curve(points: list[dict[str, float]], path: Path, title: str = "adversarial accuracy vs ε") -> Path:
-    """Accuracy-vs-ε plot; Agg backend, so it works on machines without a display."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot([p["eps"] for p in points], [p["adv_acc"] for p in points], marker="o")
-    ax.set_xlabel("ε (pixel units)")
-    ax.set_ylabel("adversarial test accuracy (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

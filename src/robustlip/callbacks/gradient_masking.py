@@ -28,9 +28,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
-from robustlip.callbacks.probes import AccuracyCurve, Probe, adversarial_logits
-from robustlip.callbacks.variants import fgsm_like, with_steps
-from robustlip.metrics.robust_accuracy import CorrectFraction
+from robustlip.attacks.variants import fgsm_like, with_steps
+from robustlip.callbacks.eps_sweep import AccuracyCurve, Probe, adversarial_logits
+from robustlip.metrics.accuracy import CorrectFraction
 
 log = logging.getLogger(__name__)
 

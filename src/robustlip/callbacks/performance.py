@@ -1,4 +1,4 @@
-"""Speed switches for the network, applied by one Lightning callback (``perf=...``, issue 8).
+"""Speed switches for the network, applied by one Lightning callback (``perf=...``, docs/performance.md).
 
 ``conf/perf/default.yaml`` builds nothing; ``perf=fast`` builds :class:`PerformanceSwitches`, which,
 when the Trainer sets up (before the optimizer is built and before any DDP wrapping):
@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from robustlip.validation import ConfigError, check_choice
+from robustlip.runs.errors import ConfigError, check_choice
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MATMUL_PRECISIONS = (None, "highest", "high", "medium")
@@ -95,10 +95,10 @@ class PerformanceSwitches(pl.Callback):
         self.compile_mode = check_choice("perf.compile_mode", compile_mode, COMPILE_MODES)
         if not isinstance(compile_backend, str) or not compile_backend:
             raise ConfigError(f"perf.compile_backend={compile_backend!r} is not allowed; name a torch.compile backend")
-        if compile and compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+        if compile and compile_backend not in torch.compiler.list_backends(exclude_tags=()):
             raise ConfigError(
                 f"perf.compile_backend={compile_backend!r} is not allowed; choose one of "
-                f"{', '.join(map(repr, torch._dynamo.list_backends(exclude_tags=())))}"
+                f"{', '.join(map(repr, torch.compiler.list_backends(exclude_tags=())))}"
             )
         self.compile_backend = compile_backend
         self.compile_dynamic = compile_dynamic

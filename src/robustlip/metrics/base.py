@@ -1,0 +1,65 @@
+"""The protocol every evaluation metric follows, so that a new metric is one file plus one config.
+
+A metric is a small, stateless object with
+
+* ``name``: the last part of its result key (``train/<name>``, ``test/<name>``);
+* ``per_example(batch) -> Tensor``: one value per example of an :class:`EvalBatch`;
+* ``reduce(total, count) -> Tensor``: the split's number from the sum and the count of those values
+  (the mean by default; accuracies print it in percent).
+
+``RobustEvaluation`` keeps the (sum, count) state of every metric and split as a sum-state
+torchmetric, so the numbers do not depend on batching and are exact across processes. The batch
+carries what several metrics share: the clean logits (one forward pass per batch) and the
+adversarial logits of each attack (reused by the ε sweep and the gradient-masking probes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+
+@dataclass
+class EvalBatch:
+    """One batch under evaluation: the model (eval mode), inputs in [0, 1], labels, clean logits f(x)."""
+
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    logits: Tensor
+    #: Adversarial logits by metric name, filled by the adversarial metrics that ran on this batch.
+    adversarial: dict[str, Tensor] = field(default_factory=dict)
+
+
+class ExampleMetric:
+    """Base of the evaluation metrics: a name, per-example values, and the mean as reduction."""
+
+    name: str = "metric"
+
+    def per_example(self, batch: EvalBatch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reduce(self, total: Tensor, count: Tensor) -> Tensor:
+        return total / count.clamp(min=1)
+
+
+class SumState(Metric):
+    """The (sum, count) of a metric's per-example values: float64 sums, exact across processes."""
+
+    full_state_update = False
+
+    def __init__(self, metric: ExampleMetric) -> None:
+        super().__init__()
+        self.metric = metric
+        self.add_state("sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        self.sum += values.detach().double().sum()
+        self.count += values.numel()
+
+    def compute(self) -> Tensor:
+        return self.metric.reduce(self.sum, self.count)

@@ -1,0 +1,85 @@
+"""Plots of results: the trade-off scatter of a report, and the accuracy-vs-ε curve of an evaluation.
+
+Every figure is drawn with matplotlib's Agg backend, so it works on machines without a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from robustlip.reporting.tables import Row
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (works on machines without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe table name: 'digits · DigitsCNN' -> 'digits_DigitsCNN'."""
+    return "_".join("".join(ch if ch.isalnum() else " " for ch in text).split()) or "runs"
+
+
+def write_plots(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
+    """Per table: test acc vs adv test acc, and test Lipschitz vs adv test acc, one point per run."""
+    plt = pyplot()
+    written: list[Path] = []
+    tables: dict[str, list[Row]] = {}
+    for row in rows:
+        tables.setdefault(row.table, []).append(row)
+    specs = [
+        ("tradeoff", "test/acc", "test acc (%)", False),
+        ("lipschitz", "test/lipschitz", "test local Lipschitz (Eq. 3)", True),
+    ]
+    for table, table_rows in tables.items():
+        for name, x_key, x_label, log_x in specs:
+            points = [
+                (row, [(r.metrics[x_key], r.metrics["test/adv_acc"]) for r in row.runs
+                       if x_key in r.metrics and "test/adv_acc" in r.metrics])
+                for row in table_rows
+            ]
+            points = [(row, pts) for row, pts in points if pts]
+            if not points:
+                continue
+            fig, ax = plt.subplots(figsize=(6.4, 4.8))
+            markers = "osD^v<>pPX*h"
+            for i, (row, pts) in enumerate(points):
+                label = row.label if row.dropout in ("0", "default") else f"{row.label}, dropout {row.dropout}"
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, marker=markers[i % len(markers)])
+            xs = [p[0] for _, pts in points for p in pts]
+            if log_x and min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+            ax.set_xlabel(x_label)
+            ax.set_ylabel("adversarial test acc (%)")
+            ax.set_title(table)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small", loc="best")
+            fig.tight_layout()
+            path = out_dir / f"{name}_{_slug(table)}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def plot_curve(points: list[dict[str, float]], path: Path, title: str = "adversarial accuracy vs ε") -> Path:
+    """Adversarial accuracy against the radius (``points``: ``{"eps", "adv_acc"}`` dicts)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([p["eps"] for p in points], [p["adv_acc"] for p in points], marker="o")
+    ax.set_xlabel("ε (pixel units)")
+    ax.set_ylabel("adversarial test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

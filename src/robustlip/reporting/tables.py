@@ -1,0 +1,331 @@
+"""Results as tables: the console table of one run, and the paper-style tables of many runs.
+
+Files first (DESIGN.md): every run leaves ``results.json`` and the resolved ``config.yaml``; the
+report reads only those, so a sweep becomes a table with no wandb at all and from any launcher (local,
+per GPU, SLURM). Rows are methods named by their objective (``Objective.label``: ``TRADES(β=6)``,
+``RST(λ=.5)``) with the dropout value; runs that differ only by seed are averaged (mean ± std).
+Anything else that differs between two runs of one row (a swept lr, a different ε) splits the row and
+is named in its label, so a table never silently averages different settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from robustlip.runs.files import atomic_write
+from robustlip.runs.results import RESULT_KEYS
+
+log = logging.getLogger(__name__)
+
+#: Column headers as the paper prints them.
+HEADERS = {
+    "train/acc": "train acc",
+    "test/acc": "test acc",
+    "train/adv_acc": "adv train acc",
+    "test/adv_acc": "adv test acc",
+    "train/lipschitz": "train lipschitz",
+    "test/lipschitz": "test lipschitz",
+    "gap": "gap",
+    "adv_gap": "adv gap",
+}
+
+
+@dataclass
+class Run:
+    """One finished run: where it is, its flattened resolved config and its final metrics."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, float]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.config.get(key, default)
+
+
+@dataclass
+class Row:
+    table: str
+    method: str
+    dropout: str
+    sort_key: tuple
+    runs: list[Run] = field(default_factory=list)
+    extra: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} [{self.extra}]" if self.extra else self.method
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": value}; lists stay values (hashable as tuples)."""
+    out: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    key = prefix[:-1]
+    out[key] = tuple(node) if isinstance(node, list) else node
+    return out
+
+
+def _load_config(run_dir: Path) -> dict[str, Any] | None:
+    for candidate in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if candidate.is_file():
+            try:
+                cfg = OmegaConf.load(candidate)
+                return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+            except Exception as exc:  # noqa: BLE001 - a broken file is reported, the rest goes on
+                log.warning("skipping %s: %s", candidate, exc)
+                return None
+    return None
+
+
+def find_runs(dirs: Iterable[str | Path]) -> tuple[list[Run], list[Path]]:
+    """Every run below ``dirs`` with a results.json; also the run dirs that have none (incomplete)."""
+    runs: list[Run] = []
+    incomplete: list[Path] = []
+    seen: set[Path] = set()
+    for root in dirs:
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"robustlip-report: no such directory: {root}")
+        for results in sorted(root.rglob("results.json")):
+            run_dir = results.parent.resolve()
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            config = _load_config(run_dir)
+            if config is None:
+                log.warning("skipping %s: no config.yaml beside results.json", run_dir)
+                continue
+            try:
+                metrics = json.loads(results.read_text()).get("metrics", {})
+            except ValueError as exc:
+                log.warning("skipping %s: %s", results, exc)
+                continue
+            runs.append(Run(run_dir, flatten(config), {k: v for k, v in metrics.items() if v is not None}))
+        for overrides in sorted(root.rglob(".hydra/overrides.yaml")):
+            run_dir = overrides.parent.parent.resolve()
+            finished = (run_dir / "results.json").exists() or (run_dir / "separation.json").exists()
+            if run_dir not in seen and not finished:
+                incomplete.append(run_dir)
+    return runs, incomplete
+
+
+def find_sweep_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The failed jobs listed by the sweep summaries (robustlip.runs.sweeps) below ``dirs``."""
+    failures = []
+    for root in dirs:
+        for path in sorted(Path(root).rglob("sweep_summary.json")):
+            summary = json.loads(path.read_text())
+            for job in summary.get("jobs", []):
+                if job.get("status") != "completed":
+                    failures.append({"sweep": str(path.parent), **job})
+    return failures
+
+
+def find_separations(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Table 1 rows from the ``separation.json`` files robustlip-separation leaves (dataset from config.yaml)."""
+    rows = []
+    for root in dirs:
+        for path in sorted(Path(root).rglob("separation.json")):
+            payload = json.loads(path.read_text())
+            config = flatten(_load_config(path.parent) or {})
+            splits = payload.get("splits", {})
+            rows.append({
+                "dataset": config.get("data.name", path.parent.name),
+                "eps": payload.get("eps", config.get("data.eps")),
+                "train_train": splits.get("train_train", {}).get("min"),
+                "test_train": splits.get("test_train", {}).get("min"),
+                "dropped": len(config.get("drop_indices") or ()),
+            })
+    return rows
+
+
+def separation_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The paper's Table 1: minimum train-train and test-train l_inf separation against eps."""
+    def num(value: Any) -> str:
+        return "–" if value is None else f"{float(value):.3f}"
+
+    lines = ["### Table 1: separation (l_inf)", "",
+             "| dataset | eps | min train-train | min test-train | train-train / 2 eps | dropped |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "–" if not r["eps"] or r["train_train"] is None else f"{r['train_train'] / (2 * float(r['eps'])):.1f}"
+        lines.append(f"| {r['dataset']} | {num(r['eps'])} | {num(r['train_train'])} | {num(r['test_train'])} | "
+                     f"{ratio} | {r['dropped']} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# grouping
+# --------------------------------------------------------------------------------------------------
+def unflatten(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The nested node below ``prefix`` of a flattened config ({"objective.beta": 6} -> {"beta": 6})."""
+    node: dict[str, Any] = {}
+    for key, value in flat.items():
+        if not key.startswith(prefix + "."):
+            continue
+        *parents, leaf = key[len(prefix) + 1:].split(".")
+        target = node
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = list(value) if isinstance(value, tuple) else value
+    return node
+
+
+def method_label(run: Run) -> tuple[str, tuple]:
+    """The paper's row name of a run and a key that sorts rows in the paper's order.
+
+    Both come from the run's objective itself (``Objective.label``, ``Objective.sort_key``), built from
+    its config; a config whose objective cannot be built (another version's) falls back to its name.
+    """
+    node = unflatten(run.config, "objective")
+    name = str(node.get("name", "?"))
+    if node.get("_target_"):
+        from hydra.utils import instantiate
+
+        try:
+            objective = instantiate(node)
+            return objective.label, (*objective.sort_key, name)
+        except Exception as exc:  # noqa: BLE001 - a report must not die on one foreign run
+            log.warning("%s: objective %s cannot be built here (%s); its row is named %r", run.path,
+                        node.get("_target_"), exc, name)
+    return name, (99, 0.0, name)
+
+
+def dropout_label(value: Any) -> str:
+    """A model's dropout knob as a table cell: '0', '0.5', '0.25/0.5' (per layer kind), 'default'."""
+    if value is None:
+        return "default"
+    if isinstance(value, (tuple, list)):
+        return "/".join(f"{float(v):g}" for v in value)
+    return f"{float(value):g}"
+
+
+def _table_name(run: Run, table_by: Sequence[str]) -> str:
+    parts = []
+    for key in table_by:
+        value = run.get(key)
+        if value is None:
+            continue
+        text = str(value)
+        parts.append(text.rsplit(".", 1)[-1] if key.endswith("_target_") else text)
+    return " · ".join(parts) or "runs"
+
+
+def _ignored(key: str, ignore: Sequence[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in ignore) or key.endswith(".seed")
+
+
+def group_rows(runs: Sequence[Run], table_by: Sequence[str], ignore: Sequence[str]) -> list[Row]:
+    """Rows of the report: runs with the same table, method and dropout, split where settings differ."""
+    base: dict[tuple, Row] = {}
+    for run in runs:
+        table = _table_name(run, table_by)
+        method, order = method_label(run)
+        dropout = dropout_label(run.get("model.dropout"))
+        key = (table, method, dropout)
+        if key not in base:
+            base[key] = Row(table, method, dropout, (table, order, dropout))
+        base[key].runs.append(run)
+    rows: list[Row] = []
+    for row in base.values():
+        keys = set().union(*(r.config.keys() for r in row.runs))
+        varying = sorted(
+            k for k in keys
+            if not _ignored(k, ignore) and len({repr(r.config.get(k)) for r in row.runs}) > 1
+        )
+        if not varying:
+            rows.append(row)
+            continue
+        # Same method, different settings (not only seeds): one row per setting, named by it.
+        split: dict[str, Row] = {}
+        for run in row.runs:
+            extra = ", ".join(f"{k}={run.config.get(k)}" for k in varying)
+            if extra not in split:
+                split[extra] = Row(row.table, row.method, row.dropout, row.sort_key + (extra,), extra=extra)
+            split[extra].runs.append(run)
+        rows.extend(split.values())
+    rows.sort(key=lambda r: tuple(str(p) if not isinstance(p, (int, float)) else p for p in r.sort_key))
+    return rows
+
+
+def stats(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single run)."""
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return mean, std
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+def _cell(values: Sequence[float], decimals: int) -> str:
+    if not values:
+        return "–"
+    mean, std = stats(values)
+    return f"{mean:.{decimals}f}" if std is None else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def markdown_tables(rows: Sequence[Row], columns: Sequence[str], decimals: int) -> str:
+    out: list[str] = []
+    tables: dict[str, list[Row]] = {}
+    for row in rows:
+        tables.setdefault(row.table, []).append(row)
+    for table, table_rows in tables.items():
+        out += [f"### {table}", ""]
+        out.append("| method | dropout | seeds | " + " | ".join(HEADERS.get(c, c) for c in columns) + " |")
+        out.append("|---|---|---|" + "---|" * len(columns))
+        for row in table_rows:
+            cells = [row.label, row.dropout, str(len(row.runs))]
+            cells += [_cell([r.metrics[c] for r in row.runs if c in r.metrics], decimals) for c in columns]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
+    with atomic_write(path) as handle:
+        writer = csv.writer(handle)
+        header = ["table", "method", "dropout", "settings", "n_runs"]
+        for c in columns:
+            header += [f"{c} mean", f"{c} std"]
+        writer.writerow(header)
+        for row in rows:
+            line: list[Any] = [row.table, row.method, row.dropout, row.extra, len(row.runs)]
+            for c in columns:
+                values = [r.metrics[c] for r in row.runs if c in r.metrics]
+                if values:
+                    mean, std = stats(values)
+                    line += [f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
+                else:
+                    line += ["", ""]
+            writer.writerow(line)
+
+
+def print_results_table(metrics: dict[str, float], title: str = "results") -> None:
+    """One run's numbers in the order of the paper's tables (percent, Lipschitz constants as they are)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in RESULT_KEYS:
+        if key in metrics:
+            unit = "" if "lipschitz" in key else " %"
+            table.add_row(key, f"{metrics[key]:.2f}{unit}")
+    Console().print(table)

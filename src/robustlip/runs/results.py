@@ -1,0 +1,25 @@
+"""results.json: the files-first record of a run (DESIGN.md, "Results"): the metric names of the paper's tables and the gaps derived from them."""
+
+from __future__ import annotations
+
+#: The metric names of the paper's tables, in the order the tables show them.
+RESULT_KEYS = (
+    "train/acc",
+    "test/acc",
+    "train/adv_acc",
+    "test/adv_acc",
+    "train/lipschitz",
+    "test/lipschitz",
+    "gap",
+    "adv_gap",
+)
+
+
+def with_gaps(metrics: dict[str, float]) -> dict[str, float]:
+    """Add the paper's generalization gaps (train − test, in percentage points) when both sides exist."""
+    out = dict(metrics)
+    if "train/acc" in out and "test/acc" in out:
+        out["gap"] = out["train/acc"] - out["test/acc"]
+    if "train/adv_acc" in out and "test/adv_acc" in out:
+        out["adv_gap"] = out["train/adv_acc"] - out["test/adv_acc"]
+    return out
