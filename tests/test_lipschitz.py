@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from robustlip.metrics import LocalLipschitz, SumState
+from robustlip.metrics.lipschitz import INIT_STD, lipschitz_ratio
 from robustlip.runs.errors import ConfigError
 
 
@@ -34,15 +37,30 @@ def _inputs(n: int = 32) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fidelity", ["paper", "faithful"])
-def test_linear_single_output_matches_the_l1_norm_of_its_weights(fidelity):
-    # max over the ℓ∞ ball of |w·δ| / ‖δ‖∞ is ‖w‖₁, reached at δ ∝ sign(w): the sign ascent finds it.
+def test_linear_single_output_ascent_matches_the_l1_norm_of_its_weights(fidelity):
+    # max over the ℓ∞ ball of |w·δ| / ‖δ‖∞ is ‖w‖₁, reached at δ ∝ sign(w): the sign ascent finds it,
+    # with the paper's step (ε/5) and with the code's (0.003).
     model = _linear(1)
     closed_form = model[1].weight.abs().sum().item()
-    ratios = LocalLipschitz(eps=0.1, fidelity=fidelity)(model, _inputs())
+    ratios = LocalLipschitz(eps=0.1, fidelity=fidelity, direction="ascent")(model, _inputs())
     assert ratios.shape == (32,)
     assert ratios.mean().item() == pytest.approx(closed_form, rel=0.08)
     # A maximum can never be exceeded (up to the 1e-6 the denominator adds).
     assert ratios.max().item() <= closed_form * (1 + 1e-4)
+
+
+def test_linear_single_output_descent_moves_down_from_the_random_start():
+    # The authors' search lowers the ratio: on a linear map it ends far below the maximum ‖w‖₁ and, on
+    # average, below where it started (x + 0.001·N(0, I); one sign step may overshoot for an example).
+    model, x = _linear(1), _inputs()
+    closed_form = model[1].weight.abs().sum().item()
+    torch.manual_seed(0)
+    noise = INIT_STD * torch.randn_like(x)
+    start = lipschitz_ratio(model(x), model(x + noise), x, x + noise, 1.0, math.inf)
+    torch.manual_seed(0)
+    descended = LocalLipschitz(eps=0.1, fidelity="faithful")(model, x)
+    assert descended.mean().item() < start.mean().item()
+    assert descended.mean().item() < 0.1 * closed_form
 
 
 def test_rank_one_multi_output_matches_its_closed_form():
@@ -126,3 +144,98 @@ def test_precomputed_clean_logits_give_the_same_ratios():
 def test_bad_settings_fail_with_the_key_named(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         LocalLipschitz(eps=0.1, **kwargs)
+
+
+# --- the authors' search, transcribed --------------------------------------------------------------
+
+
+def authors_estimate_local_lip_v2(model: nn.Module, X: torch.Tensor, epsilon: float, step_size: float = 0.003,
+                                  perturb_steps: int = 10, batch_size: int = 16) -> float:
+    """``estimate_local_lip_v2`` of the authors' ``lolip/utils.py`` (L10-27, L32-75) with top_norm=1,
+    btm_norm=inf, on CPU tensors: loss = −ratio, x' += step·sign(∂loss/∂x'), clip to the ε-ball, then to
+    [0, 1]; the value is the summed ratio at the final iterate over the number of examples."""
+
+    def local_lip(x, xp, reduction="mean"):
+        model.eval()
+        down = torch.flatten(x - xp, start_dim=1)
+        top = torch.flatten(model(x), start_dim=1) - torch.flatten(model(xp), start_dim=1)
+        ret = torch.norm(top, dim=1, p=1) / torch.norm(down + 1e-6, dim=1, p=math.inf)
+        return torch.mean(ret) if reduction == "mean" else torch.sum(ret)
+
+    model.eval()
+    total_loss = 0.0
+    for start in range(0, len(X), batch_size):
+        x = X[start:start + batch_size]
+        x_adv = x + 0.001 * torch.randn(x.shape)
+        for _ in range(perturb_steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss = (-1) * local_lip(x, x_adv)
+            loss.backward()
+            eta = step_size * x_adv.grad.data.sign().detach()
+            x_adv = x_adv.data.detach() + eta.detach()
+            eta = torch.clamp(x_adv.data - x.data, -epsilon, epsilon)
+            x_adv = x.data.detach() + eta.detach()
+            x_adv = torch.clamp(x_adv, 0, 1.0)
+        total_loss += local_lip(x, x_adv, reduction="sum").item()
+    model.zero_grad(set_to_none=True)
+    return total_loss / len(X)
+
+
+def _estimate(estimator: LocalLipschitz, model: nn.Module, X: torch.Tensor, batch_size: int = 16) -> float:
+    meter = SumState(estimator)
+    for chunk in X.split(batch_size):
+        meter.update(estimator(model, chunk))
+    return meter.compute().item()
+
+
+def _lenet_like() -> nn.Module:
+    torch.manual_seed(5)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.3), nn.Linear(6 * 3 * 3, 32),
+        nn.Tanh(), nn.Linear(32, 10),
+    )
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.031, 0.005])
+def test_faithful_estimate_is_the_authors_function(eps):
+    model = _lenet_like()
+    # Whole [0, 1] range, so the box clip of L67 is exercised as well as the ball clip of L65-66.
+    X = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(11)
+    expected = authors_estimate_local_lip_v2(model, X, epsilon=eps)
+    torch.manual_seed(11)
+    faithful = LocalLipschitz(eps=eps, fidelity="faithful")
+    assert (faithful.direction, faithful.step_size) == ("descent", pytest.approx(0.003))
+    assert _estimate(faithful, model, X) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    # Eq. 3's maximum (ascent, step ε/5) can only find a larger ratio than the authors' descent.
+    torch.manual_seed(11)
+    paper = _estimate(LocalLipschitz(eps=eps, fidelity="paper"), model, X)
+    assert paper >= expected
+    # Ascending is what the authors' function would do with the sign of its loss flipped: not the same number.
+    torch.manual_seed(11)
+    assert _estimate(LocalLipschitz(eps=eps, fidelity="faithful", direction="ascent"), model, X) > expected
+
+
+def test_direction_defaults_from_the_fidelity_and_an_explicit_one_wins():
+    assert LocalLipschitz(eps=0.1, fidelity="paper").direction == "ascent"
+    assert LocalLipschitz(eps=0.1, fidelity="faithful").direction == "descent"
+    assert LocalLipschitz(eps=0.1, fidelity="paper", direction="descent").direction == "descent"
+    # results.json records repr(estimator): the search must be readable off it.
+    assert "direction=descent" in repr(LocalLipschitz(eps=0.1, fidelity="faithful"))
+    assert "direction=ascent" in repr(LocalLipschitz(eps=0.1, fidelity="faithful", direction="ascent"))
+
+
+def test_bad_direction_is_a_one_line_config_error():
+    with pytest.raises(ConfigError, match=r"lipschitz.direction='up' is not allowed; choose one of 'ascent', 'descent'") as err:
+        LocalLipschitz(eps=0.1, direction="up")
+    assert "\n" not in str(err.value)
+
+
+def test_direction_is_a_config_key(train_cfg):
+    from hydra.utils import instantiate
+
+    node = train_cfg(["fidelity=faithful"]).callbacks.robust_evaluation.lipschitz
+    assert instantiate(node).direction == "descent"
+    node = train_cfg(["fidelity=faithful", "callbacks.robust_evaluation.lipschitz.direction=ascent"]).callbacks.robust_evaluation.lipschitz
+    assert instantiate(node).direction == "ascent"

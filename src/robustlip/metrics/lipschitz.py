@@ -1,20 +1,30 @@
-"""The empirical local Lipschitz constant of the paper's Eq. 3, computed as the authors compute it (docs/authors-code.md §7).
+"""The empirical local Lipschitz constant of the paper's Eq. 3, and the search the authors' code runs.
 
     L(f) = 1/n · Σ_i  max_{x'_i ∈ B(x_i, ε)}  ‖f(x_i) − f(x'_i)‖₁ / ‖x_i − x'_i‖∞          (f = raw logits)
 
-The inner maximum is searched, per example, by sign ascent on the ratio:
+Per example, x' is moved by ``steps`` sign steps on the ratio (``estimate_local_lip_v2``,
+``lolip/utils.py`` L32-75 of github yangarbiter/robust-local-lipschitz; docs/authors-code.md §7):
 
 * start at x' = x + 0.001·N(0, I) (not clipped: a zero perturbation would make the ratio 0/0);
-* ``steps`` (10) times: gradient of the *batch-mean* ratio w.r.t. x' only, x' ← x' + step·sign(grad),
-  then projection onto the ε-ball around x and the pixel box [0, 1];
+* ``steps`` (10) times: gradient of the *batch-mean* ratio w.r.t. x' only, one sign step of
+  ``step_size``, then projection onto the ε-ball around x and the pixel box [0, 1];
 * the value is the ratio at the **final** iterate, not the best one seen (as the authors' code);
-* the denominator is ‖x − x' + 10⁻⁶‖, the 10⁻⁶ added to every coordinate before the norm (docs/authors-code.md §7).
+* the denominator is ‖x − x' + 10⁻⁶‖, the 10⁻⁶ added to every coordinate before the norm.
 
-The step size is the one thing the paper and the code disagree on (docs/authors-code.md §13.1): ε/5 as the paper says
-(``fidelity=paper``) or 0.003 as the code does (``fidelity=faithful``); an explicit ``step_size`` wins.
+Two settings are where the paper and the authors' code part (docs/authors-code.md §13.1;
+docs/evaluation.md, "Which search"):
+
+* ``direction``: Eq. 3 asks for the maximum, so ``ascent`` steps *up* the ratio. The authors' code
+  (``lolip/utils.py`` L56-67) takes ``loss = -ratio`` and *adds* step·sign(∂loss/∂x'): every step moves
+  x' *down* the ratio, a ``descent``. The published "test lipschitz" columns of Tables 2-4 come from
+  that descent. Default: ``descent`` with ``fidelity=faithful``, ``ascent`` with ``fidelity=paper``.
+* ``step_size``: ε/5 as the paper's §5.1 says (``fidelity=paper``) or 0.003, the default the code never
+  overrides (``lolip/utils.py`` L33, ``fidelity=faithful``).
+
+An explicit ``direction`` / ``step_size`` wins over the fidelity's, so either search runs with either step.
 
 The estimator returns one ratio per example, so a sum-state mean (``metrics.base.SumState``) of them does not depend
-on how the data is batched: each example's sign-ascent step is the sign of its own gradient (the batch
+on how the data is batched: each example's sign step is the sign of its own gradient (the batch
 mean only rescales it), so examples never interact.
 """
 
@@ -33,6 +43,8 @@ from robustlip.runs.errors import check_choice, check_non_negative, check_positi
 
 #: Norms of the ratio: the paper uses ℓ1 on the logits and ℓ∞ on the inputs.
 LIPSCHITZ_NORMS = ("1", "2", "inf")
+#: ``ascent`` maximises the ratio (Eq. 3); ``descent`` is the authors' search (``lolip/utils.py`` L56-67).
+DIRECTIONS = ("ascent", "descent")
 #: The authors' code never passes a step size, so its default applies (docs/authors-code.md §7, §13.1).
 FAITHFUL_STEP_SIZE = 0.003
 #: The paper's text: "step size ε/5 and a total of 10 steps" (docs/authors-code.md §14).
@@ -51,7 +63,7 @@ def lipschitz_ratio(logits: Tensor, logits_prime: Tensor, x: Tensor, x_prime: Te
 
 
 class LocalLipschitz(ExampleMetric):
-    """``estimator(model, x) -> per-example ratios``: Eq. 3's inner maximisation on one batch.
+    """``estimator(model, x) -> per-example ratios``: Eq. 3's inner search (ascent or the authors' descent) on one batch.
 
     Built from config (``conf/lipschitz/local.yaml``); an evaluation metric named ``lipschitz``
     (``train/lipschitz``, ``test/lipschitz``) that plugs into ``RobustEvaluation(lipschitz=...)``.
@@ -68,8 +80,12 @@ class LocalLipschitz(ExampleMetric):
         top_norm: str | int = 1,
         bottom_norm: str | int = "inf",
         init_std: float = INIT_STD,
+        direction: str | None = None,
     ) -> None:
         self.fidelity = check_choice("lipschitz.fidelity", fidelity, FIDELITIES)
+        if direction is None:
+            direction = "descent" if self.fidelity == "faithful" else "ascent"
+        self.direction = check_choice("lipschitz.direction", direction, DIRECTIONS)
         self.bottom = norm_order(canonical_norm(bottom_norm, "lipschitz.bottom_norm", LIPSCHITZ_NORMS))
         # The search region is the bottom norm's ball ∩ [0, 1]: project and step like an attack would.
         self.threat = make_threat("inf" if self.bottom == math.inf else str(int(self.bottom)), eps)
@@ -88,7 +104,7 @@ class LocalLipschitz(ExampleMetric):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, step_size={self.step_size:.4g}, "
-            f"fidelity={self.fidelity}, top_norm={self.top}, bottom_norm={self.bottom})"
+            f"direction={self.direction}, fidelity={self.fidelity}, top_norm={self.top}, bottom_norm={self.bottom})"
         )
 
     name = "lipschitz"
@@ -112,10 +128,13 @@ class LocalLipschitz(ExampleMetric):
             def mean_ratio(z: Tensor) -> Tensor:
                 return lipschitz_ratio(clean, model(z).float(), x, z, self.top, self.bottom).mean()
 
+            # Descent steps along the gradient of −ratio, as the authors' loss = (−1)·ratio does; the
+            # negation is exact in floating point, so the signs match theirs bit for bit.
+            sign = 1.0 if self.direction == "ascent" else -1.0
             x_prime = x + self.init_std * torch.randn_like(x)
             for _ in range(self.steps):
                 _, grad = input_gradient(mean_ratio, x_prime)
-                x_prime = self.threat.project(self.threat.step(x_prime, grad, self.step_size), x)
+                x_prime = self.threat.project(self.threat.step(x_prime, sign * grad, self.step_size), x)
             with torch.no_grad():
                 ratios = lipschitz_ratio(clean, model(x_prime).float(), x, x_prime, self.top, self.bottom)
         return x_prime.detach(), ratios.detach()
