@@ -149,6 +149,68 @@ def test_faithful_gr_applies_the_authors_doubled_cross_entropy_gradient():
     assert not torch.allclose(paper_grads[-1] * len(y), grads[-1], atol=1e-4), "paper mode counts CE once"
 
 
+# --- TRADES: the authors' forward order and BatchNorm ------------------------------------------------
+
+
+def bn_net() -> nn.Module:
+    """A BatchNorm network (like WRN-40-10 and ResNet-50): every train-mode forward moves its running statistics."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)
+    )
+
+
+def authors_strades_step(model: nn.Module, x: Tensor, y: Tensor, beta: float, epsilon: float, steps: int = 10) -> Tensor:
+    """``trades_loss`` of the authors' ``lolip/models/torch_utils/trades.py`` (L15-89), ℓ∞, version "sum",
+    step_size = 2ε/steps as ``torch_model.py`` passes it, loss_fn = summed CE: returns the loss."""
+    step_size = 2 * epsilon / steps
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    model.eval()
+    batch_size = len(x)
+    x_adv = x.detach() + 0.001 * torch.randn(x.shape).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    outputs = model(x)
+    loss_natural = F.cross_entropy(outputs, y, reduction="sum")
+    loss_robust = (1.0 / batch_size) * criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+    return loss_natural + beta * batch_size * loss_robust
+
+
+def running_stats(model: nn.Module) -> list[Tensor]:
+    bn = model[1]
+    return [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+
+
+def test_faithful_trades_ends_batchnorm_statistics_on_the_clean_batch_as_the_authors_code():
+    x, y = digits_like_batch(16)
+    reference = bn_net().train()
+    torch.manual_seed(7)
+    expected_loss = authors_strades_step(reference, x, y, beta=6.0, epsilon=0.1)
+    expected = running_stats(reference)
+
+    ours = bn_net().train()
+    torch.manual_seed(7)
+    out = TRADES(eps=0.1, beta=6.0, fidelity="faithful")(ours, x, y)
+    assert out.loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
+    for got, want in zip(running_stats(ours), expected):
+        assert torch.allclose(got.float(), want.float(), rtol=1e-5, atol=1e-7)
+    assert running_stats(ours)[2].item() == 3, "clean, adversarial, clean: three train-mode forwards"
+
+    # Two forwards (clean, adversarial) leave the statistics on the adversarial batch: measurably different.
+    paper = bn_net().train()
+    torch.manual_seed(7)
+    TRADES(eps=0.1, beta=6.0, fidelity="paper")(paper, x, y)
+    assert not torch.allclose(running_stats(paper)[0], expected[0], rtol=1e-5, atol=1e-7)
+
+
 # --- LLR -------------------------------------------------------------------------------------------------
 
 
