@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -99,30 +100,88 @@ def test_robust_terms_are_positive_when_switched_on():
 # --- GR: the closed form on a linear model -------------------------------------------------------------
 
 
-def test_gradient_penalty_equals_its_closed_form_on_a_linear_model():
-    model, x, labels, y = interior_linear_problem()
-    for h in (1.0, 0.1):
-        out = GradientRegularization(lam=1.0, h=h)(model, x, labels)
-        with torch.no_grad():
-            margin = y * model.score(x)  # logistic loss softplus(-margin); its input gradient is -y·σ(-margin)·w
-            w_norm = model.weight.norm()
-            # The unit gradient direction is -y·w/‖w‖, so a step h lowers the margin by h·‖w‖.
-            forward_difference = (F.softplus(-margin + h * w_norm) - F.softplus(-margin)) / h
-            expected_penalty = 0.5 * forward_difference.pow(2)
-        assert out.parts["reg"].item() == pytest.approx(expected_penalty.mean().item(), rel=1e-5)
-        assert out.loss.item() == pytest.approx(F.softplus(-margin).mean().item() + expected_penalty.mean().item(), rel=1e-5)
+def _linear_gr_closed_form(model, x, y, h: float, fidelity: str) -> tuple[Tensor, Tensor]:
+    """(penalty per example, training loss) of GR on the logistic model, from its closed form.
 
-
-def test_gradient_penalty_tends_to_half_the_squared_input_gradient_norm():
-    model, x, labels, y = interior_linear_problem()
-    out = GradientRegularization(lam=1.0, h=1e-3)(model, x, labels)
+    ℓ = softplus(−m), m = y·(wᵀx + b); ∇ₓℓ = −y·σ(−m)·w. Along v the margin moves by y·wᵀ(h·v):
+    paper (TULIP, ℓ1 dual of the ℓ∞ threat): v = sign(∇ₓℓ)/√d = −y·sign(w)/√d, margin − h·‖w‖₁/√d;
+    faithful (the authors): v = ∇ₓℓ/‖∇ₓℓ‖₂ = −y·w/‖w‖₂, margin − h·‖w‖₂.
+    """
     with torch.no_grad():
-        grad_norm = torch.sigmoid(-y * model.score(x)) * model.weight.norm()
-    assert out.parts["reg"].item() == pytest.approx((0.5 * grad_norm.pow(2)).mean().item(), rel=1e-2)
+        margin = y * model.score(x)
+        w = model.weight
+        shift = w.abs().sum() / math.sqrt(w.numel()) if fidelity == "paper" else w.norm()
+        d = (F.softplus(-margin + h * shift) - F.softplus(-margin)) / h
+        penalty = 0.5 * d.pow(2)
+        ce = F.softplus(-margin)
+        loss = ce.mean() + penalty.mean() if fidelity == "paper" else 2 * ce.sum() + penalty.sum()
+    return penalty, loss
+
+
+@pytest.mark.parametrize("fidelity", ["paper", "faithful"])
+def test_gradient_penalty_equals_its_closed_form_on_a_linear_model(fidelity):
+    model, x, labels, y = interior_linear_problem()
+    for h in (1.0, 0.1, 0.01):
+        out = GradientRegularization(lam=1.0, h=h, fidelity=fidelity)(model, x, labels)
+        penalty, loss = _linear_gr_closed_form(model, x, y, h, fidelity)
+        assert out.parts["reg"].item() == pytest.approx(penalty.mean().item(), rel=1e-5)
+        assert out.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_gradient_penalty_tends_to_half_the_squared_dual_norm_of_the_input_gradient():
+    # h → 0: d → ∇ₓℓ·v. Paper (ℓ∞ threat): ‖∇ₓℓ‖₁/√d, the dual norm; faithful: ‖∇ₓℓ‖₂.
+    model, x, labels, y = interior_linear_problem()
+    with torch.no_grad():
+        slope = torch.sigmoid(-y * model.score(x))  # ‖∇ₓℓ‖ = σ(−m)·‖w‖
+        dual_l1 = slope * model.weight.abs().sum() / math.sqrt(x.shape[1])
+        l2 = slope * model.weight.norm()
+    paper = GradientRegularization(lam=1.0, h=1e-3, fidelity="paper")(model, x, labels)
+    faithful = GradientRegularization(lam=1.0, h=1e-3, fidelity="faithful")(model, x, labels)
+    assert paper.parts["reg"].item() == pytest.approx((0.5 * dual_l1.pow(2)).mean().item(), rel=1e-2)
+    assert faithful.parts["reg"].item() == pytest.approx((0.5 * l2.pow(2)).mean().item(), rel=1e-2)
+    # ‖g‖₁/√d < ‖g‖₂ unless |g| is constant: the two penalties really measure different norms.
+    assert paper.parts["reg"].item() < faithful.parts["reg"].item()
+
+
+def test_gr_step_and_direction_follow_the_fidelity():
+    paper, faithful = GradientRegularization(), GradientRegularization(fidelity="faithful")
+    assert (paper.h, paper.direction) == (0.01, "sign/sqrt(d)")  # TULIP's --h and --norm L1
+    assert (faithful.h, faithful.direction) == (1.0, "l2")  # the authors' tulipce
+    assert GradientRegularization(norm="2").direction == "l2"  # ℓ2 is its own dual
+    assert GradientRegularization(h=0.5, fidelity="faithful").h == 0.5
+
+
+def tulip_gradients(model: nn.Module, x: Tensor, y: Tensor, tik: float, h: float) -> list[Tensor]:
+    """One training step of TULIP's ``cifar10/train.py`` (github cfinlay/tulip) with ``--norm L1``,
+    first-order differences: mean CE + tik·mean(dl²)/2, v = sign(∂ mean CE/∂x)/√d."""
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    lx = F.cross_entropy(model(x), y, reduction="none")
+    loss = lx.mean()
+    dx = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    x.requires_grad_(False)
+    v = dx.view(len(x), -1).sign() / math.sqrt(dx[0].numel())
+    lf = F.cross_entropy(model(x + h * v.view(dx.shape)), y, reduction="none")
+    dl = (lf - lx) / h
+    loss = loss + tik * dl.pow(2).mean() / 2
+    loss.backward()
+    grads = [p.grad.detach().clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_paper_gr_applies_tulips_gradient():
+    model = tiny_net()
+    x, y = digits_like_batch()
+    expected = tulip_gradients(model, x, y, tik=1.0, h=0.01)
+    _, grads = loss_and_grads(GradientRegularization(lam=1.0, fidelity="paper"), model, x, y)
+    for g, e in zip(grads, expected):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
 
 
 def authors_tulip_gradients(model: nn.Module, x: Tensor, y: Tensor, lam: float, h: float) -> list[Tensor]:
-    """The authors' procedure (docs/authors-code.md §5.5): S.backward() inside the loss, then L.backward() in the loop."""
+    """The authors' ``tulip_loss`` (``lolip/models/torch_utils/tulip.py`` L12-56; docs/authors-code.md §5.5):
+    S.backward() inside the loss, then L.backward() in the training loop; v = ∇S/‖∇S‖₂."""
     model.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_(True)
     per_example = F.cross_entropy(model(x), y, reduction="none")
@@ -142,7 +201,7 @@ def test_faithful_gr_applies_the_authors_doubled_cross_entropy_gradient():
     model = tiny_net()
     x, y = digits_like_batch()
     expected = authors_tulip_gradients(model, x, y, lam=1.0, h=1.0)
-    _, grads = loss_and_grads(GradientRegularization(lam=1.0, h=1.0, fidelity="faithful"), model, x, y)
+    _, grads = loss_and_grads(GradientRegularization(lam=1.0, fidelity="faithful"), model, x, y)
     for g, e in zip(grads, expected):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-6)
     _, paper_grads = loss_and_grads(GradientRegularization(lam=1.0, h=1.0, fidelity="paper"), model, x, y)
@@ -316,7 +375,9 @@ def test_configs_carry_the_papers_defaults(train_cfg):
     at = build("at", "fidelity=faithful")
     assert at.faithful and at.attack.model_mode == "train" and at.attack.step_size == pytest.approx(0.02)
     gr = build("gr")
-    assert (gr.lam, gr.h) == (1.0, 1.0)
+    assert (gr.lam, gr.h, gr.norm) == (1.0, 0.01, "inf")
+    assert build("gr", "fidelity=faithful").h == 1.0
+    assert build("gr", "+experiment/method=gr", "fidelity=faithful").h == 1.0
     llr = build("llr", "data.eps=0.2")
     assert (llr.lam, llr.mu, llr.attack.steps, llr.attack.eps) == (4.0, 3.0, 2, 0.2)
     assert llr.attack.step_size == pytest.approx(0.1)
@@ -329,6 +390,7 @@ def test_configs_carry_the_papers_defaults(train_cfg):
         (lambda: TRADES(eps=0.1, beta=-1.0), r"objective.beta=-1.0 .*>= 0"),
         (lambda: RST(eps=0.1, lam=-0.5), r"objective.lam=-0.5"),
         (lambda: GradientRegularization(h=0.0), r"objective.h=0.0"),
+        (lambda: GradientRegularization(norm="1"), r"objective.norm='1' .*'inf', '2'"),
         (lambda: LocalLinearity(eps=0.1, mu=-3.0), r"objective.mu=-3.0"),
         (lambda: AdversarialTraining(eps=-0.1), r"objective.eps=-0.1"),
         (lambda: AdversarialTraining(eps=0.1, steps=0), r"objective.steps=0"),
