@@ -23,6 +23,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from robustlip.runs.errors import ConfigError
 from robustlip.runs.files import write_text_atomic
@@ -65,10 +66,15 @@ def to_plain_dict(cfg: DictConfig) -> dict:
 
 
 def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost ``__cause__``; OmegaConf re-raises a resolver's error without one, so follow
+    ``__context__`` there (it holds the resolver's own exception)."""
     seen = set()
-    while exc.__cause__ is not None and id(exc) not in seen:
+    while id(exc) not in seen:
         seen.add(id(exc))
-        exc = exc.__cause__
+        inner = exc.__cause__ or (exc.__context__ if isinstance(exc, InterpolationResolutionError) else None)
+        if inner is None:
+            break
+        exc = inner
     return exc
 
 
@@ -76,7 +82,7 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``instantiate`` the node at dotted ``key``, turning a rejected value into a ConfigError that names ``key``."""
     try:
         return instantiate(OmegaConf.select(cfg, key, throw_on_missing=True), **kwargs)
-    except InstantiationException as exc:
+    except (InstantiationException, InterpolationResolutionError) as exc:  # the latter: a resolver's ConfigError
         cause = _root_cause(exc)
         if isinstance(cause, ConfigError):
             message = str(cause)
