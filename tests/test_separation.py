@@ -192,8 +192,50 @@ def test_bad_inputs_are_named():
 # ------------------------------------------------------------------------------------------------
 def test_summary_statistics():
     stats = summarize(np.array([0.5, 0.1, 0.3, np.inf, 0.9]))
-    assert stats == {"min": 0.1, "mean": pytest.approx(0.45), "median": pytest.approx(0.4),
+    assert stats == {"min": 0.1, "raw_min": 0.1, "skip_smallest": 0, "min_rule": "minimum of all distances",
+                     "skipped": [], "mean": pytest.approx(0.45), "median": pytest.approx(0.4),
                      "p01": pytest.approx(0.1 + 0.01 * 3 * 0.2), "count": 4}
+
+
+def authors_filtered_min(d: np.ndarray, k: int) -> float:
+    """The authors' notebook (notebooks/dataset_dist.ipynb): SVHN keeps d >= np.partition(d, 5)[:5].max()
+    (k = 4), Restricted ImageNet d >= np.partition(d, 6)[6] (k = 6); Table 1 is the min of what is kept."""
+    threshold = np.partition(d, k + 1)[:k + 1].max() if k == 4 else np.partition(d, k)[k]
+    return float(d[d >= threshold].min())
+
+
+@pytest.mark.parametrize("k", [4, 6])
+def test_skip_smallest_reports_what_the_authors_notebook_reports(k):
+    rng = np.random.default_rng(k)
+    # On the 8-bit grid, with ties among and right after the smallest values (duplicates give 0).
+    d = rng.integers(0, 256, 500) / 255.0
+    d[:3] = 0.0
+    d[3:9] = np.sort(d)[10]
+    stats = summarize(d, skip_smallest=k, query_ids=np.arange(1000, 1500))
+    assert stats["min"] == authors_filtered_min(d, k) == np.sort(d)[k]
+    assert stats["raw_min"] == d.min() == 0.0
+    assert stats["skip_smallest"] == k and f"skipping the {k} smallest" in stats["min_rule"]
+    assert len(stats["skipped"]) == k
+    assert [s["query_index"] for s in stats["skipped"][:3]] == [1000, 1001, 1002]  # ties: smaller index first
+    assert all(s["distance"] <= stats["min"] for s in stats["skipped"])
+    # Only the minimum changes: the other statistics describe every distance.
+    assert (stats["mean"], stats["count"]) == (pytest.approx(d.mean()), 500)
+
+
+def test_skip_smallest_is_checked_per_split_with_one_line_errors():
+    from robustlip.metrics.separation import check_skip_smallest
+
+    assert check_skip_smallest({"train_train": 4}) == {"train_train": 4, "test_train": 0}
+    assert check_skip_smallest(None) == {"train_train": 0, "test_train": 0}
+    for bad, message in [({"train_train": -1}, r"skip_smallest.train_train=-1 is not allowed; it must be an integer >= 0"),
+                         ({"train_test": 2}, r"skip_smallest.train_test=2 is not allowed; the splits are"),
+                         ({"test_train": 1.5}, r"skip_smallest.test_train=1.5"),
+                         (3, r"skip_smallest=3 is not allowed")]:
+        with pytest.raises(ConfigError, match=message) as err:
+            check_skip_smallest(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"skip_smallest.train_train=3 is not allowed; the split has only 2 distances"):
+        summarize(np.array([0.1, 0.2, np.inf]), skip_smallest=3, split="train_train")
 
 
 def test_closest_pairs_are_consistent_and_listed_once():
@@ -245,6 +287,21 @@ def test_separation_entry_writes_everything(train_cfg, tmp_path):
     assert payload["splits"]["train_train"]["min"] == on_disk["splits"]["train_train"]["min"]
 
 
+def test_skip_smallest_in_the_entry_keeps_every_distance_on_disk(train_cfg, tmp_path):
+    cfg = train_cfg(["data=digits", "skip_smallest.train_train=3", "closest_pairs=2"], config_name="separation")
+    payload = separation(cfg)
+    out = Path(cfg.paths.output_dir)
+    d = np.load(out / "train_train_distances.npy")
+    assert np.isfinite(d).all() and len(d) == 1347  # nothing dropped from the per-example file
+    tt, te = payload["splits"]["train_train"], payload["splits"]["test_train"]
+    assert tt["raw_min"] == d.min() and tt["min"] == np.sort(d)[3] and tt["skip_smallest"] == 3
+    assert [s["distance"] for s in tt["skipped"]] == sorted(d)[:3]
+    assert all(d[s["query_index"]] == s["distance"] for s in tt["skipped"])
+    assert te["min"] == te["raw_min"] == np.load(out / "test_train_distances.npy").min() and te["skip_smallest"] == 0
+    on_disk = json.loads((out / "separation.json").read_text())
+    assert on_disk["splits"]["train_train"]["min_rule"] == tt["min_rule"]
+
+
 def test_drop_indices_removes_the_closest_pair(train_cfg, tmp_path):
     first = separation(train_cfg(["data=digits", "closest_pairs=3"], config_name="separation"))
     pair = first["splits"]["train_train"]["closest_pairs"][0]
@@ -294,8 +351,10 @@ def test_raw_storage_refuses_a_transform_that_changes_pixels(tmp_path):
     assert raw_storage(TensorDataset(torch.zeros(4, 1, 2, 2), torch.zeros(4))) is None  # no .data
 
 
-@pytest.mark.parametrize("row", ["mnist", "cifar10", "svhn", "restricted_imagenet"])
-def test_table1_presets_select_the_row_and_svhn_drops_the_authors_examples(row, tmp_path):
+@pytest.mark.parametrize("row", ["mnist", "cifar10", "svhn", "restricted_imagenet", "quick"])
+def test_table1_presets_select_the_row_and_skip_what_the_authors_skip(row, tmp_path):
     cfg = compose_train_cfg(tmp_path, [f"experiment=table1/{row}"], config_name="separation")
-    assert cfg.data.name == row and cfg.data.val_size == 0
-    assert list(cfg.drop_indices) == ([25235, 11933, 65043] if row == "svhn" else [])
+    assert cfg.data.val_size == 0 and (row == "quick" or cfg.data.name == row)
+    # The authors' notebook: 4 (SVHN) and 6 (Restricted ImageNet) smallest train-train distances; nothing else.
+    assert dict(cfg.skip_smallest) == {"train_train": {"svhn": 4, "restricted_imagenet": 6}.get(row, 0), "test_train": 0}
+    assert list(cfg.drop_indices) == []

@@ -4,8 +4,9 @@ For every training example (train–train) and every test example (test–train)
 to the nearest training example of another class (:mod:`robustlip.metrics.separation`). Written to
 the run directory, files first (DESIGN.md, "Results"):
 
-- ``separation.json`` — per split: min (Table 1), mean, median, 1st percentile, count, the dataset's
-  ε, and the closest cross-class pairs with indices, labels and distance;
+- ``separation.json`` — per split: min (Table 1, after skipping the ``skip_smallest`` smallest
+  distances), raw_min, the rule, mean, median, 1st percentile, count, the dataset's ε, and the
+  closest cross-class pairs with indices, labels and distance;
 - ``{split}_distances.npy`` / ``{split}_nearest.npy`` — per example, indexed like the dataset
   (NaN / -1 where an example was dropped);
 - ``{split}_hist.png`` — Figure 3: 20 bins on [0, 1], fractions, dashed lines at the min and at 2ε;
@@ -28,7 +29,14 @@ from omegaconf import DictConfig
 
 from robustlip.cli import entry_point
 from robustlip.data.arrays import load_arrays
-from robustlip.metrics.separation import closest_pairs, kept_indices, nearest_other_class, summarize
+from robustlip.metrics.separation import (
+    SPLITS,
+    check_skip_smallest,
+    closest_pairs,
+    kept_indices,
+    nearest_other_class,
+    summarize,
+)
 from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
 from robustlip.runs.config import save_resolved_config
 from robustlip.runs.files import write_json_atomic
@@ -36,12 +44,11 @@ from robustlip.runs.loggers import build_loggers, finish_wandb
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train_train", "test_train")
-
 
 def separation(cfg: DictConfig) -> dict[str, Any]:
     """Compute both splits as ``cfg`` says, write the files, return the contents of separation.json."""
     output_dir = Path(cfg.paths.output_dir)
+    skip = check_skip_smallest(cfg.get("skip_smallest"))
     save_resolved_config(cfg, output_dir)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -80,7 +87,7 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
         np.save(output_dir / f"{split}_nearest.npy", nearest)
         pairs = closest_pairs(result, yq, y_ref, k, query_ids=qid, ref_ids=keep, symmetric=split == "train_train")
         payload["splits"][split] = {
-            **summarize(result.distance),
+            **summarize(result.distance, skip[split], query_ids=qid, split=split),
             "eps": eps,
             "closest_pairs": pairs,
             "engine": {"grid": result.grid, "device": result.device, "seconds": round(seconds, 3)},
@@ -101,7 +108,7 @@ def summary_metrics(payload: dict[str, Any]) -> dict[str, float]:
     """Flat ``split/statistic`` numbers for loggers (wandb summary, CSV)."""
     metrics = {"eps": payload["eps"]}
     for split, stats in payload["splits"].items():
-        for key in ("min", "mean", "median", "p01", "count"):
+        for key in ("min", "raw_min", "mean", "median", "p01", "count"):
             metrics[f"{split}/{key}"] = float(stats[key])
     return metrics
 
