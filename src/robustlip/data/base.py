@@ -9,7 +9,9 @@ Two knobs shape the data of any dataset (docs/datasets.md, "Class subsets and tr
 ``classes`` keeps only the listed labels, relabelled 0..k-1 in the given order (a binary task such as
 Tsipras et al.'s weight-distribution figure on two Fashion-MNIST classes), and ``train_size`` keeps a
 seeded, stratified subset of the training split (the low-data regime of Tsipras et al., Sec. 2),
-drawn after the validation split so that val and test stay the same for every size.
+drawn after the validation split so that val and test stay the same for every size. With
+``train_size``, ``unlabeled`` makes the rest of the training split an unlabeled pool (all of it, or a
+seeded random subset of a given size) for robust self-training (data/unlabeled.py, docs/raghunathan.md).
 
 Each dataset carries its paper defaults as class attributes (ε, number of classes, input shape),
 which the config files repeat so that ``data=cifar10`` alone gives the paper's setting. The rest of
@@ -31,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
 from robustlip.runs.errors import ConfigError, check_non_negative, check_positive_int
 
@@ -74,6 +76,7 @@ class RobustDataModule(pl.LightningDataModule):
         paper: Mapping[str, Any] | None = None,
         train_size: float | None = None,
         classes: Sequence[int] | None = None,
+        unlabeled: bool | int | None = None,
     ) -> None:
         super().__init__()
         # name/num_classes/in_channels are in the config so other groups can interpolate them
@@ -106,6 +109,7 @@ class RobustDataModule(pl.LightningDataModule):
         )
         self.test_size = None if test_size is None else check_positive_int("data.test_size", test_size)
         self.train_size = self._check_train_size(train_size)
+        self.unlabeled = self._check_unlabeled(unlabeled)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
@@ -114,6 +118,10 @@ class RobustDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.train_eval_set: Dataset | None = None
+        self.unlabeled_set: Dataset | None = None
+        self.unlabeled_eval_set: Dataset | None = None
+        self.pseudo_labeled_set: Dataset | None = None
+        self.mixed_sampler: Any = None
 
     def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
         """The labels of ``data.classes`` as plain ints; each must be a label of this dataset, once."""
@@ -142,6 +150,18 @@ class RobustDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.train_size={train_size!r} is not allowed; use a count >= 1, a fraction in (0, 1] or null")
         return train_size
 
+    def _check_unlabeled(self, unlabeled: bool | int | None) -> bool | int:
+        """``data.unlabeled``: false/null (no pool), true (every training example outside train_size) or a count."""
+        if unlabeled is None or unlabeled is False:
+            return False
+        if unlabeled is not True and (not isinstance(unlabeled, int) or unlabeled < 1):
+            raise ConfigError(f"data.unlabeled={unlabeled!r} is not allowed; use false, true (the whole rest of the "
+                              "training split) or a count >= 1")
+        if self.train_size is None:
+            raise ConfigError(f"data.unlabeled={unlabeled!r} needs data.train_size: the unlabeled pool is the training "
+                              "split outside the labeled subset (e.g. data.train_size=1000 data.unlabeled=true)")
+        return unlabeled
+
     @property
     def in_features(self) -> int:
         """Number of input values per example (C·H·W): the width of an MLP's first layer."""
@@ -164,13 +184,46 @@ class RobustDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.val_size={self.val_size!r} leaves no training data ({n} examples in total)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        pool_idx: list[int] = []
         if self.train_size is not None:
-            train_idx = self._stratified(train_idx, dataset_labels(splits.train_eval))
+            labeled_idx = self._stratified(train_idx, dataset_labels(splits.train_eval))
+            if self.unlabeled:
+                pool_idx = self._pool(sorted(set(train_idx) - set(labeled_idx)))
+            train_idx = labeled_idx
         self.train_set = Subset(splits.train, train_idx)
+        # The pool twice, like the training set: the training view, and the plain one a teacher labels.
+        self.unlabeled_set = Subset(splits.train, pool_idx) if pool_idx else None
+        self.unlabeled_eval_set = Subset(splits.train_eval, pool_idx) if pool_idx else None
         # Validation images come from the un-augmented view: val metrics should not be noisy.
         self.val_set = Subset(splits.train_eval, val_idx)
         self.train_eval_set = self._first(Subset(splits.train_eval, train_idx), self.train_eval_size, self.seed + 1)
         self.test_set = self._first(splits.test, self.test_size, self.seed + 2)
+
+    def _pool(self, outside: list[int]) -> list[int]:
+        """The unlabeled pool: all of ``outside``, or a seeded random subset of ``data.unlabeled`` of them.
+
+        Random, not stratified: the labels of unlabeled data are unknown, so a subset may not use them.
+        """
+        if not outside:
+            raise ConfigError(f"data.unlabeled={self.unlabeled!r}: data.train_size={self.train_size!r} leaves no training "
+                              f"example of data={self.name} outside the labeled subset")
+        if self.unlabeled is True:
+            return outside
+        if self.unlabeled > len(outside):
+            raise ConfigError(f"data.unlabeled={self.unlabeled!r} is larger than the {len(outside)} training examples "
+                              f"outside data.train_size={self.train_size!r}; use at most {len(outside)} or true")
+        pick = torch.randperm(len(outside), generator=torch.Generator().manual_seed(self.seed + 5))[: self.unlabeled]
+        return sorted(outside[i] for i in pick.tolist())
+
+    def use_pseudo_labels(self, labels: Tensor, unsup_fraction: float) -> None:
+        """Train on the labeled set and the pool with ``labels``, ``unsup_fraction`` of each batch from the pool."""
+        from robustlip.data.unlabeled import MixedBatchSampler, PseudoLabeled
+
+        if self.unlabeled_set is None:
+            raise ConfigError("pseudo-labels need an unlabeled pool: set data.train_size=<labels> and data.unlabeled=true")
+        self.pseudo_labeled_set = PseudoLabeled(self.unlabeled_set, labels)
+        self.mixed_sampler = MixedBatchSampler(len(self.train_set), len(self.unlabeled_set), self.batch_size,
+                                               unsup_fraction)
 
     def _select_classes(self, splits: DatasetSplits) -> DatasetSplits:
         """Keep the examples of ``self.classes`` in every split, relabelled by their position in the list."""
@@ -239,6 +292,14 @@ class RobustDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.mixed_sampler is not None:  # robust self-training: labeled and pseudo-labeled in every batch
+            return DataLoader(
+                ConcatDataset([self.train_set, self.pseudo_labeled_set]),
+                batch_sampler=self.mixed_sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.persistent_workers,
+            )
         return self._loader(self.train_set, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
