@@ -46,7 +46,7 @@ CSV_METRICS = [f"{kind}/{est}_{stat}" for kind in ("std_error", "robust_error") 
 ]
 
 
-def check_sweep(cfg: DictConfig, problem: Staircase) -> tuple[list[int], int, int, list[int]]:
+def check_sweep(cfg: DictConfig, problem: Staircase) -> tuple[list[int], int, int | None, list[int]]:
     """The sweep's sizes, trials, unlabeled draws and the figure's labeled stairs, range-checked by name."""
     ns = cfg.sweep.n
     if not OmegaConf.is_list(ns) or len(ns) == 0 or not all(isinstance(v, int) and v >= 1 for v in ns):
@@ -55,7 +55,9 @@ def check_sweep(cfg: DictConfig, problem: Staircase) -> tuple[list[int], int, in
     trials = check_positive_int("sweep.trials", cfg.sweep.trials)
     if trials < 2:
         raise ConfigError(f"sweep.trials={trials!r} is not allowed; it must be >= 2 (the error bars need two draws)")
-    unlabeled = check_positive_int("sweep.num_unlabeled", cfg.sweep.num_unlabeled)
+    unlabeled = cfg.sweep.num_unlabeled
+    if unlabeled is not None:  # null: the exact expectation over the input distribution
+        unlabeled = check_positive_int("sweep.num_unlabeled", unlabeled)
     labeled = cfg.example.labeled
     if (not OmegaConf.is_list(labeled) or len(labeled) == 0
             or not all(isinstance(v, int) and 0 <= v < problem.num_stairs for v in labeled)):
@@ -64,12 +66,13 @@ def check_sweep(cfg: DictConfig, problem: Staircase) -> tuple[list[int], int, in
     return [int(v) for v in ns], trials, unlabeled, [int(v) for v in labeled]
 
 
-def fit_example(problem: Staircase, stairs: list[int], num_unlabeled: int, seed: int,
+def fit_example(problem: Staircase, stairs: list[int], num_unlabeled: int | None, seed: int,
                 consistency: bool = True) -> dict[str, Any]:
     """The figure's fit: the clean points of ``stairs`` labeled (the paper's Figure 2 uses t = 0, 1, 2, 3)."""
     m = len(problem.offsets)
     labeled = np.array([s * m for s in stairs])  # the clean point of each stair
-    counts = problem.sample_counts(num_unlabeled, np.random.default_rng(seed + 1))
+    counts = (problem.prob if num_unlabeled is None
+              else problem.sample_counts(num_unlabeled, np.random.default_rng(seed + 1)))
     std = problem.theta_std(labeled)
     thetas = {"std": std, "aug": problem.theta_aug(labeled),
               "rst": problem.theta_rst(labeled, counts, consistency=consistency, theta_std=std)}
