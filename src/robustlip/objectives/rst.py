@@ -57,6 +57,11 @@ class RST(Objective):
     def label_knobs(self) -> list[tuple[str, float]]:
         return [("λ", self.lam)]
 
+    @property
+    def label(self) -> str:
+        """``RST(λ=1)``, or ``RST(λ=1)+unlabeled`` with a teacher: a row of its own in every report."""
+        return f"{super().label}+unlabeled" if self.teacher_ckpt else super().label
+
     def extra_repr(self) -> str:
         teacher = f", teacher_ckpt={self.teacher_ckpt!r}, unsup_fraction={self.unsup_fraction}" if self.teacher_ckpt else ""
         return f"lam={self.lam}, fidelity={self.fidelity}, attack={self.attack!r}{teacher}"
