@@ -60,6 +60,7 @@ def plot_errors(path: Path, rows: list[dict[str, Any]]) -> Path:
         # Symmetric-log y: errors fall by orders of magnitude with n and reach exactly 0 once every stair
         # is labeled (θ_aug = θ_rst = θ*), which a plain log axis would drop.
         ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_ylim(bottom=0)  # errors are >= 0; error bars of a mean near 0 would open the negative half
         ax.set_xlabel("labeled points n")
         ax.set_title(title)
         ax.legend(fontsize=8)
