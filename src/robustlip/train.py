@@ -33,6 +33,7 @@ from robustlip.runs.checkpoints import (
 from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_writable_dir
 from robustlip.runs.loggers import build_loggers, finish_wandb, keep_csv_history
+from robustlip.runs.self_training import prepare_self_training
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is not None:
         check_compatible(load_checkpoint(ckpt_path), cfg, module, path=ckpt_path)
         log.info("resuming from %s", ckpt_path)
+    # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
+    prepare_self_training(module.objective, datamodule, output_dir)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
