@@ -5,6 +5,12 @@ belongs to the network. Subclasses only say how to build the three datasets (``b
 this base class derives the deterministic validation split, the DataLoaders and the *un-augmented*
 view of the training set that the robust evaluation measures train accuracy on (docs/authors-code.md §9.2).
 
+Two knobs shape the data of any dataset (docs/datasets.md, "Class subsets and training-set size"):
+``classes`` keeps only the listed labels, relabelled 0..k-1 in the given order (a binary task such as
+Tsipras et al.'s weight-distribution figure on two Fashion-MNIST classes), and ``train_size`` keeps a
+seeded, stratified subset of the training split (the low-data regime of Tsipras et al., Sec. 2),
+drawn after the validation split so that val and test stay the same for every size.
+
 Each dataset carries its paper defaults as class attributes (ε, number of classes, input shape),
 which the config files repeat so that ``data=cifar10`` alone gives the paper's setting. The rest of
 the paper's setting for a dataset (architecture, optimizer, lr per method, epochs, schedule; docs/authors-code.md §8)
@@ -15,14 +21,17 @@ travels as the plain ``paper`` mapping of the data config (``${data.paper.*}``),
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from robustlip.runs.errors import ConfigError, check_non_negative, check_positive_int
 
@@ -63,16 +72,22 @@ class RobustDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
         paper: Mapping[str, Any] | None = None,
+        train_size: float | None = None,
+        classes: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         # name/num_classes/in_channels are in the config so other groups can interpolate them
         # (${data.num_classes}); a fixed dataset must agree with its own.
         self.name = name or self.name
-        for key, given, own in (("num_classes", num_classes, self.num_classes), ("in_channels", in_channels, self.input_shape[0])):
-            if given is not None and given != own and not self.variable_shape:
-                raise ConfigError(f"data.{key}={given!r} is not allowed for data={self.name}; it has {own}")
-        if num_classes is not None:
-            self.num_classes = check_positive_int("data.num_classes", num_classes)
+        #: The chosen labels of the original dataset, in the order that gives the new labels 0..k-1.
+        self.classes = self._check_classes(classes)
+        own_classes = len(self.classes) if self.classes is not None else self.num_classes
+        if num_classes is not None and num_classes != own_classes:
+            having = f"data.classes={self.classes} gives {own_classes}" if self.classes is not None else f"it has {own_classes}"
+            raise ConfigError(f"data.num_classes={num_classes!r} is not allowed for data={self.name}; {having}")
+        self.num_classes = own_classes
+        if in_channels is not None and in_channels != self.input_shape[0] and not self.variable_shape:
+            raise ConfigError(f"data.in_channels={in_channels!r} is not allowed for data={self.name}; it has {self.input_shape[0]}")
         # in_features (C·H·W) lets an MLP interpolate ${data.in_features}; it must agree with the shape.
         if in_features is not None and in_features != self.in_features and not self.variable_shape:
             raise ConfigError(f"data.in_features={in_features!r} is not allowed for data={self.name}; it has {self.in_features}")
@@ -90,6 +105,7 @@ class RobustDataModule(pl.LightningDataModule):
             "data.train_eval_size", train_eval_size
         )
         self.test_size = None if test_size is None else check_positive_int("data.test_size", test_size)
+        self.train_size = self._check_train_size(train_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
@@ -98,6 +114,33 @@ class RobustDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.train_eval_set: Dataset | None = None
+
+    def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
+        """The labels of ``data.classes`` as plain ints; each must be a label of this dataset, once."""
+        if classes is None:
+            return None
+        values = list(_plain(classes)) if isinstance(classes, (Sequence, ListConfig)) and not isinstance(classes, str) else None
+        if not values or any(not isinstance(c, int) or isinstance(c, bool) for c in values):
+            raise ConfigError(f"data.classes={_plain(classes)!r} is not allowed; give a non-empty list of integer labels, e.g. [0, 6]")
+        bad = [c for c in values if not 0 <= c < self.num_classes]
+        if bad:
+            raise ConfigError(
+                f"data.classes={values} is not allowed for data={self.name}: label {bad[0]} does not exist; "
+                f"its labels are 0..{self.num_classes - 1}"
+            )
+        if len(set(values)) != len(values):
+            raise ConfigError(f"data.classes={values} is not allowed; each label may appear once")
+        return values
+
+    @staticmethod
+    def _check_train_size(train_size: float | None) -> int | float | None:
+        if train_size is None:
+            return None
+        if isinstance(train_size, bool) or not (
+            (isinstance(train_size, int) and train_size >= 1) or (isinstance(train_size, float) and 0 < train_size <= 1)
+        ):
+            raise ConfigError(f"data.train_size={train_size!r} is not allowed; use a count >= 1, a fraction in (0, 1] or null")
+        return train_size
 
     @property
     def in_features(self) -> int:
@@ -113,17 +156,69 @@ class RobustDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         splits = self.build_datasets()
+        if self.classes is not None:
+            splits = self._select_classes(splits)
         n = len(splits.train)
         n_val = round(self.val_size * n) if isinstance(self.val_size, float) else self.val_size
         if n_val >= n:
             raise ConfigError(f"data.val_size={self.val_size!r} leaves no training data ({n} examples in total)")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        if self.train_size is not None:
+            train_idx = self._stratified(train_idx, dataset_labels(splits.train_eval))
         self.train_set = Subset(splits.train, train_idx)
         # Validation images come from the un-augmented view: val metrics should not be noisy.
         self.val_set = Subset(splits.train_eval, val_idx)
         self.train_eval_set = self._first(Subset(splits.train_eval, train_idx), self.train_eval_size, self.seed + 1)
         self.test_set = self._first(splits.test, self.test_size, self.seed + 2)
+
+    def _select_classes(self, splits: DatasetSplits) -> DatasetSplits:
+        """Keep the examples of ``self.classes`` in every split, relabelled by their position in the list."""
+        mapping = {c: i for i, c in enumerate(self.classes or [])}
+
+        def keep(dataset: Dataset) -> list[int]:
+            labels = dataset_labels(dataset)
+            chosen = torch.zeros_like(labels, dtype=torch.bool)
+            for c in mapping:
+                chosen |= labels == c
+            return torch.nonzero(chosen).flatten().tolist()
+
+        # train and train_eval are two views of one list of examples: the same indices serve both.
+        train_idx, test_idx = keep(splits.train_eval), keep(splits.test)
+        if not train_idx:
+            raise ConfigError(f"data.classes={self.classes} selects no training example of data={self.name}")
+        return DatasetSplits(
+            train=ClassSubset(splits.train, train_idx, mapping),
+            train_eval=ClassSubset(splits.train_eval, train_idx, mapping),
+            test=ClassSubset(splits.test, test_idx, mapping),
+        )
+
+    def _stratified(self, train_idx: list[int], labels: Tensor) -> list[int]:
+        """``train_size`` of ``train_idx``, each class in proportion to its share, drawn from ``seed``.
+
+        Every class's examples are shuffled (seeded) and the j-th of a class of n_c examples gets the
+        key (j + ½)/n_c; the subset is the ``train_size`` smallest keys. So each class has its
+        proportional count up to one example, and a smaller subset is always part of a larger one of
+        the same seed (a train-size sweep adds examples instead of redrawing them).
+        """
+        n = len(train_idx)
+        size = self.train_size if isinstance(self.train_size, int) else max(1, round(self.train_size * n))
+        if size > n:
+            raise ConfigError(
+                f"data.train_size={self.train_size!r} is larger than the training split of data={self.name} "
+                f"({n} examples after data.val_size={self.val_size!r}); use at most {n} or a fraction in (0, 1]"
+            )
+        idx = torch.as_tensor(train_idx, dtype=torch.long)
+        split_labels = labels[idx]
+        generator = torch.Generator().manual_seed(self.seed + 4)
+        keys = torch.empty(n, dtype=torch.float64)
+        for c in torch.unique(split_labels).tolist():
+            members = torch.nonzero(split_labels == c).flatten()
+            shuffled = members[torch.randperm(len(members), generator=generator)]
+            keys[shuffled] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+        # Sorted by key, ties (equally large classes) broken by label.
+        order = np.lexsort((split_labels.numpy(), keys.numpy()))
+        return sorted(idx[torch.from_numpy(order[:size])].tolist())
 
     @staticmethod
     def _first(dataset: Dataset, size: int | None, seed: int) -> Dataset:
@@ -155,3 +250,53 @@ class RobustDataModule(pl.LightningDataModule):
     def train_eval_dataloader(self) -> DataLoader:
         """The training set without augmentation, in a fixed order: what train/acc is measured on."""
         return self._loader(self.train_eval_set, self.eval_batch_size, shuffle=False)
+
+
+class ClassSubset(Dataset):
+    """The examples ``indices`` of ``dataset`` with their labels mapped by ``mapping`` (old -> new)."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int], mapping: Mapping[int, int]) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.mapping = dict(mapping)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        x, y = self.dataset[self.indices[i]]
+        return x, self.mapping[int(y)]
+
+    @property
+    def targets(self) -> Tensor:
+        """The new labels of all examples, without loading an image."""
+        old = dataset_labels(self.dataset)[torch.as_tensor(self.indices, dtype=torch.long)]
+        return torch.as_tensor([self.mapping[int(c)] for c in old], dtype=torch.long)
+
+
+def dataset_labels(dataset: Dataset) -> Tensor:
+    """Every label of ``dataset`` as a LongTensor, read from its label store when it has one.
+
+    torchvision's classes keep ``targets`` (``labels`` for SVHN), a TensorDataset its second tensor;
+    a Subset maps its parent's labels. Any other dataset is read item by item (loads every input).
+    """
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long()
+    for attr in ("targets", "labels"):
+        store = getattr(dataset, attr, None)
+        if store is not None:
+            return torch.as_tensor(store.tolist() if hasattr(store, "tolist") else list(store), dtype=torch.long)
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)
+
+
+def _plain(node: Any) -> Any:
+    """A Hydra DictConfig/ListConfig (or a plain container) as plain dicts and lists."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, Mapping):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node

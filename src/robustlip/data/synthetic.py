@@ -77,8 +77,6 @@ class TsiprasDataModule(_SyntheticDataModule):
         scale: float = 0.125,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("num_classes") not in (None, 2):
-            raise ConfigError(f"data.num_classes={kwargs['num_classes']!r} is not allowed for data=tsipras; it has 2")
         super().__init__(*args, side=side, **kwargs)
         if self.side < 2:
             raise ConfigError(f"data.side={side!r} is not allowed for data=tsipras; it needs >= 2 (d = side² - 1 >= 3)")
@@ -122,8 +120,6 @@ class StaircaseDataModule(_SyntheticDataModule):
         noise_std: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("num_classes") not in (None, self.STAIRS):
-            raise ConfigError(f"data.num_classes={kwargs['num_classes']!r} is not allowed for data=staircase; it has 10")
         super().__init__(*args, n_train=n_train, n_test=n_test, side=side, **kwargs)
         self.shift_prob = check_probability("data.shift_prob", shift_prob)
         self.noise_std = float(noise_std)
