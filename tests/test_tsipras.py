@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from robustlip.data import TsiprasDataModule
 from robustlip.metrics.correlation import pixel_label_correlation
 from robustlip.metrics.linear import affine_map, binary_weights
+from robustlip.runs.errors import ConfigError
 from robustlip.theory.tsipras import (
     TsiprasSetting,
     averaging_robust_accuracy,
@@ -31,7 +32,6 @@ from robustlip.theory.tsipras import (
     robust_accuracy_bound,
     robust_classifier_accuracy,
 )
-from robustlip.validation import ConfigError
 from tests.conftest import compose_train_cfg
 
 
@@ -150,7 +150,7 @@ def test_toy_linear_models_match_their_closed_forms_and_the_paper(tmp_path):
 def test_train_size_sweep_is_reported_with_seeds_and_more_data_helps(tmp_path, capsys):
     from robustlip.tsipras import main as tsipras_main
 
-    base = ["experiment=tsipras_train_size", "trainer.max_steps=60", "data.train_eval_size=64"]
+    base = ["experiment=tsipras_train_size", "trainer.max_steps=40", "data.train_eval_size=64"]
     acc = {}
     for size, seed in ((20, 0), (20, 1), (600, 0)):
         acc[(size, seed)] = _train(tmp_path / "sweep" / f"{size}_{seed}", [*base, f"data.train_size={size}", f"seed={seed}",
@@ -167,8 +167,8 @@ def test_train_size_sweep_is_reported_with_seeds_and_more_data_helps(tmp_path, c
 
 
 def test_features_masked_natural_training_is_more_robust_and_at_weights_correlated_pixels(tmp_path, capsys):
-    from robustlip.report import find_runs
-    from robustlip.tsipras import linear_weights, training_correlation, weight_share
+    from robustlip.reporting.tables import find_runs
+    from robustlip.reporting.tsipras import linear_weights, training_correlation, weight_share
     from robustlip.tsipras import main as tsipras_main
 
     base = ["experiment=tsipras_features", "data=digits", "data.classes=[3,8]", "trainer.max_epochs=8",

@@ -24,11 +24,9 @@ reach their target class, with the tensors' value ranges.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
@@ -37,11 +35,13 @@ from torch import Tensor, nn
 
 from robustlip.attacks.base import attack_context, input_gradient
 from robustlip.attacks.pgd import PGD
-from robustlip.checkpointing import checkpoint_config, load_checkpoint
-from robustlip.config import CONFIG_PATH, save_resolved_config
+from robustlip.cli import entry_point
 from robustlip.evaluate import net_from_checkpoint
-from robustlip.results import write_json_atomic
-from robustlip.validation import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.reporting.image_grids import save_grid
+from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+from robustlip.runs.config import save_resolved_config
+from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.runs.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -117,54 +117,6 @@ def interpolation(x: Tensor, x_adv: Tensor, steps: int) -> Tensor:
     """x + α·(x_adv − x) for ``steps`` values of α from 0 to 1: rows × steps × C × H × W."""
     alphas = torch.linspace(0, 1, steps).view(1, steps, *([1] * (x.dim() - 1)))
     return x[:, None] + alphas * (x_adv - x)[:, None]
-
-
-# --------------------------------------------------------------------------------------------------
-# figures
-# --------------------------------------------------------------------------------------------------
-def tile(images: Tensor, pad: int = 1) -> Tensor:
-    """rows × cols × C × H × W images in [0, 1] as one C × H' × W' image, white lines between cells."""
-    rows, cols, channels, h, w = images.shape
-    canvas = torch.ones(channels, rows * (h + pad) + pad, cols * (w + pad) + pad)
-    for r in range(rows):
-        for c in range(cols):
-            top, left = pad + r * (h + pad), pad + c * (w + pad)
-            canvas[:, top : top + h, left : left + w] = images[r, c].detach().float().clamp(0, 1)
-    return canvas
-
-
-def save_grid(path: Path, images: Tensor, row_labels: list[str], col_labels: list[str], title: str) -> Path:
-    """A rows × columns grid of [0, 1] images (shape rows × cols × C × H × W) with labels, as a small PNG.
-
-    The cells are tiled into one image and drawn once (fast for a 10 × 10 grid), labels as text.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows, cols, _, h, w = images.shape
-    canvas = tile(images)
-    cell = 0.8
-    fig = plt.figure(figsize=(cell * cols + 1.0, cell * rows + 0.7))
-    ax = fig.add_axes((0.9 / (cell * cols + 1.0), 0.05 / (cell * rows + 0.7), cell * cols / (cell * cols + 1.0),
-                       cell * rows / (cell * rows + 0.7)))
-    if canvas.shape[0] == 1:
-        ax.imshow(canvas[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    else:
-        ax.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_xticks([1 + c * (w + 1) + (w - 1) / 2 for c in range(cols)])
-    ax.set_xticklabels(col_labels, fontsize=7)
-    ax.xaxis.tick_top()
-    ax.set_yticks([1 + r * (h + 1) + (h - 1) / 2 for r in range(rows)])
-    ax.set_yticklabels(row_labels, fontsize=7)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    fig.suptitle(title, fontsize=8, y=1 - 0.05 / (cell * rows + 0.7))
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,24 +205,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def _error(message: str) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-
-
-def run(cfg: DictConfig) -> None:
-    try:
-        visualize(cfg)
-    except ConfigError as exc:
-        _error(str(exc))
-        raise SystemExit(2) from None
-
-
-_hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="visualize")(run)
-
-
-def main() -> None:
-    """Console entry ``robustlip-visualize``: Hydra's CLI; known failures are one ``error:`` line, exit 2."""
-    _hydra_main()
+#: Console entry ``robustlip-visualize`` (robustlip.cli: bad input is one ``error:`` line, exit 2).
+main = entry_point("visualize", visualize)
 
 
 if __name__ == "__main__":

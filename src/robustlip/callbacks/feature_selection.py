@@ -19,9 +19,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from robustlip.callbacks.tsipras import add_results_section
 from robustlip.metrics.correlation import pixel_label_correlation
-from robustlip.validation import ConfigError
+from robustlip.runs.errors import ConfigError
+from robustlip.runs.results import add_results_section
 
 log = logging.getLogger(__name__)
 

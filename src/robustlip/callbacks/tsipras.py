@@ -29,7 +29,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from robustlip.metrics.linear import affine_map, binary_weights
-from robustlip.results import read_results, write_json_atomic
+from robustlip.runs.errors import ConfigError, check_non_negative
+from robustlip.runs.results import add_results_section
 from robustlip.theory.tsipras import (
     TsiprasSetting,
     binomial_tolerance,
@@ -37,17 +38,8 @@ from robustlip.theory.tsipras import (
     linear_rule_accuracy,
     robust_accuracy_bound,
 )
-from robustlip.validation import ConfigError, check_non_negative
 
 log = logging.getLogger(__name__)
-
-
-def add_results_section(path: str | Path, name: str, section: dict[str, Any]) -> Path:
-    """Add (or replace) one top-level section of an existing results.json, atomically (creates the file if absent)."""
-    path = Path(path)
-    payload = read_results(path) if path.is_file() else {}
-    payload[name] = section
-    return write_json_atomic(path, payload)
 
 
 def _all(loader: DataLoader) -> tuple[Tensor, Tensor]:
