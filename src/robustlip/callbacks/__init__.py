@@ -2,14 +2,17 @@
 resumable checkpoints, performance switches and the wandb results view."""
 
 from robustlip.callbacks.eps_sweep import EpsSweep, Probe
+from robustlip.callbacks.feature_selection import CorrelationMask
 from robustlip.callbacks.gradient_masking import GradientMaskingChecks, GradientMaskingWarning
 from robustlip.callbacks.performance import PerformanceSwitches
 from robustlip.callbacks.reproducibility import ReproducibleRandomness
 from robustlip.callbacks.resume import ResumeCheckpoint
 from robustlip.callbacks.robust_evaluation import RobustEvaluation
+from robustlip.callbacks.tsipras import TsiprasTheory
 from robustlip.callbacks.wandb_results import WandbResults
 
 __all__ = [
+    "CorrelationMask",
     "EpsSweep",
     "GradientMaskingChecks",
     "GradientMaskingWarning",
@@ -18,5 +21,6 @@ __all__ = [
     "ReproducibleRandomness",
     "ResumeCheckpoint",
     "RobustEvaluation",
+    "TsiprasTheory",
     "WandbResults",
 ]

@@ -2,6 +2,7 @@
 
 from robustlip.models.cnn import CNN1, CNN2
 from robustlip.models.digits_cnn import DigitsCNN
+from robustlip.models.masked import InputMask
 from robustlip.models.mlp import MLP
 from robustlip.models.normalize import Normalize
 from robustlip.models.paper import ARCHITECTURES, build_paper_model
@@ -15,6 +16,7 @@ __all__ = [
     "MLP",
     "DigitsCNN",
     "DropoutBottleneck",
+    "InputMask",
     "Normalize",
     "ResNet50",
     "WideBasicBlock",

@@ -1,5 +1,8 @@
 """OmegaConf resolvers the config tree uses; registered whenever ``robustlip.conf`` is composed.
 
+``${robustlip.num_classes:FULL,CLASSES}``: a dataset's class count, or ``len(data.classes)`` when a
+subset of labels is selected (docs/datasets.md).
+
 ``${robustlip.mean_loss_lr:LR,OPTIMIZER,FIDELITY,BATCH}`` and
 ``${robustlip.mean_loss_weight_decay:WD,OPTIMIZER,FIDELITY,BATCH}`` turn optimizer settings tuned for
 the authors' *summed* batch losses into the settings that take the same steps on the *mean* losses of
@@ -20,6 +23,9 @@ ConfigError names it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -62,11 +68,21 @@ def mean_loss_weight_decay(weight_decay: float, optimizer: str, fidelity: str, b
     return float(weight_decay)
 
 
+def num_classes(full: int, classes: Sequence[Any] | None = None) -> int:
+    """``${robustlip.num_classes:10,${data.classes}}``: the dataset's class count, or len(data.classes).
+
+    A DataModule with ``classes`` relabels the chosen labels 0..k-1 (docs/datasets.md), so every node
+    that interpolates ``${data.num_classes}`` (a model's output layer, above all) must see k.
+    """
+    return int(full) if classes is None else len(classes)
+
+
 def register_resolvers() -> None:
     """Register the resolvers once per process (composition calls this; repeated calls are no-ops)."""
     for name, function in (
         ("robustlip.mean_loss_lr", mean_loss_lr),
         ("robustlip.mean_loss_weight_decay", mean_loss_weight_decay),
+        ("robustlip.num_classes", num_classes),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)

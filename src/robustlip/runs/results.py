@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
+from robustlip.runs.files import write_json_atomic
+
 #: The metric names of the paper's tables, in the order the tables show them.
 RESULT_KEYS = (
     "train/acc",
@@ -23,3 +29,15 @@ def with_gaps(metrics: dict[str, float]) -> dict[str, float]:
     if "train/adv_acc" in out and "test/adv_acc" in out:
         out["adv_gap"] = out["train/adv_acc"] - out["test/adv_acc"]
     return out
+
+
+def add_results_section(path: str | Path, name: str, section: dict[str, Any]) -> Path:
+    """Add (or replace) one top-level section of a run's results.json (created if absent), atomically.
+
+    For callbacks that report after RobustEvaluation wrote the file (e.g. the closed forms of
+    callbacks/tsipras.py): the metrics and every other section stay as they are.
+    """
+    path = Path(path)
+    payload = json.loads(path.read_text()) if path.is_file() else {}
+    payload[name] = section
+    return write_json_atomic(path, payload)
