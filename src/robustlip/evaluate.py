@@ -16,38 +16,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
 
-from robustlip.callbacks import EpsSweep, RobustEvaluation
 from robustlip.cli import entry_point
-from robustlip.reporting.tables import print_results_table
-from robustlip.runs.checkpoints import CheckpointError, checkpoint_config, load_checkpoint
 from robustlip.runs.config import save_resolved_config
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from robustlip.callbacks import RobustEvaluation
+
+# torch, Lightning and the callbacks are imported inside the functions that use them, so that
+# `robustlip-eval --help` and a config error answer without loading them (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointedNet(pl.LightningModule):
-    """Just the trained network: ``test_step`` hands its clean logits to RobustEvaluation."""
+def __getattr__(name: str) -> Any:
+    """``CheckpointedNet`` lives in :mod:`robustlip.module`; it is imported on first use, not at start-up."""
+    if name == "CheckpointedNet":
+        from robustlip.module import CheckpointedNet
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return {"logits": self.net(batch[0])}
+        return CheckpointedNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def net_from_checkpoint(ckpt: dict[str, Any], train_config: dict[str, Any], key: str = "ckpt_path") -> nn.Module:
     """Rebuild the network from the checkpoint's ``model`` config and load its ``net.*`` weights."""
+    from hydra.utils import instantiate
+
+    from robustlip.runs.checkpoints import CheckpointError
+
     if "model" not in train_config:
         raise CheckpointError(f"{key}: the checkpoint has no hyper_parameters.config.model; it was not written by robustlip-train")
     net = instantiate(train_config["model"])
@@ -69,6 +70,8 @@ def _node(cfg: DictConfig, key: str) -> Any:
 
 def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfig:
     """data, attack, lipschitz, fidelity and seed of this evaluation: the command line's, else the checkpoint's."""
+    from robustlip.runs.checkpoints import CheckpointError
+
     train_eval = (train_config.get("callbacks") or {}).get("robust_evaluation") or {}
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else train_config.get("data")
     if data is None:
@@ -90,6 +93,10 @@ def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfi
 
 
 def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra: dict[str, Any]) -> RobustEvaluation:
+    from hydra.utils import instantiate
+
+    from robustlip.callbacks import EpsSweep, RobustEvaluation
+
     sweep = list(cfg.eps_sweep) if cfg.get("eps_sweep") else None
     return RobustEvaluation(
         attack=instantiate(setup.attack) if setup.attack is not None else None,
@@ -112,6 +119,13 @@ def _record(cfg: DictConfig, setup: DictConfig) -> DictConfig:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from robustlip.module import CheckpointedNet
+    from robustlip.reporting.tables import print_results_table
+    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+
     output_dir = Path(cfg.paths.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path)
     train_config = checkpoint_config(ckpt)

@@ -112,3 +112,16 @@ class RobustClassifier(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
 
+
+class CheckpointedNet(pl.LightningModule):
+    """Just a trained network, for ``robustlip-eval``: ``test_step`` hands its clean logits to RobustEvaluation."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {"logits": self.net(batch[0])}

@@ -22,17 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from robustlip.cli import entry_point
-from robustlip.data.arrays import load_arrays
-from robustlip.metrics.separation import closest_pairs, kept_indices, nearest_other_class, summarize
-from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
 from robustlip.runs.config import save_resolved_config
 from robustlip.runs.files import write_json_atomic
 from robustlip.runs.loggers import build_loggers, finish_wandb
+
+# numpy, numba, torch and matplotlib are imported inside `separation`, so that `robustlip-separation --help`
+# and a config error answer without loading them (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +39,13 @@ SPLITS = ("train_train", "test_train")
 
 def separation(cfg: DictConfig) -> dict[str, Any]:
     """Compute both splits as ``cfg`` says, write the files, return the contents of separation.json."""
+    import numpy as np
+    from hydra.utils import instantiate
+
+    from robustlip.data.arrays import load_arrays
+    from robustlip.metrics.separation import closest_pairs, kept_indices, nearest_other_class, summarize
+    from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
+
     output_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, output_dir)
     datamodule = instantiate(cfg.data)
@@ -65,7 +70,7 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
         "drop_indices": sorted(int(i) for i in cfg.get("drop_indices") or []),
         "splits": {},
     }
-    images: dict[str, dict[str, np.ndarray]] = {"train_train": {}, "test_train": {}}
+    images: dict[str, dict[str, Any]] = {"train_train": {}, "test_train": {}}
     for split, (xq, yq, qid) in queries.items():
         start = time.perf_counter()
         result = nearest_other_class(xq, yq, x_ref, y_ref, engine=str(cfg.get("engine", "auto")),

@@ -11,34 +11,31 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from robustlip.callbacks.reproducibility import ReproducibleRandomness
-from robustlip.callbacks.resume import ResumeCheckpoint
-from robustlip.callbacks.robust_evaluation import RobustEvaluation
 from robustlip.cli import entry_point
-from robustlip.module import NonFiniteLossError, RobustClassifier
-from robustlip.reporting.tables import print_results_table
-from robustlip.runs.checkpoints import (
-    AtomicCheckpointIO,
-    check_compatible,
-    last_checkpoint,
-    load_checkpoint,
-    resolve_ckpt_path,
-)
 from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_writable_dir
 from robustlip.runs.loggers import build_loggers, finish_wandb, keep_csv_history
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from robustlip.module import RobustClassifier
+
+# torch, Lightning and the science modules are imported inside the functions that use them, so that
+# `robustlip-train --help`, `--cfg job` and a misspelled option answer without loading them
+# (docs/performance.md, "Start-up of the commands").
 
 log = logging.getLogger(__name__)
 
 
 def build_module(cfg: DictConfig) -> RobustClassifier:
     """The LightningModule of a run: network + objective + optimizer/scheduler factories."""
+    from robustlip.module import RobustClassifier
+
     scheduler = (
         instantiate_group(cfg, "scheduler") if cfg.get("scheduler") and cfg.scheduler.get("_target_") else None
     )
@@ -62,6 +59,9 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     The evaluation attack is built from ``cfg.attack`` (so a bad ``attack.*`` value is named as such),
     and only when the robust evaluation runs.
     """
+    from robustlip.callbacks.reproducibility import ReproducibleRandomness
+    from robustlip.callbacks.resume import ResumeCheckpoint
+
     callbacks: list[pl.Callback] = [ReproducibleRandomness(cfg.seed), ResumeCheckpoint(cfg.paths.output_dir)]
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None or not node.get("_target_"):
@@ -88,19 +88,51 @@ def prepare_data(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
+def check_optimizer(module: RobustClassifier) -> None:
+    """Build the optimizer and the scheduler once now (and drop them), so that a bad ``optimizer.lr`` or a run
+    length the schedule cannot take fails before anything is written, not when ``trainer.fit`` starts."""
+    try:
+        module.configure_optimizers()
+    except ConfigError:
+        raise
+    except ValueError as exc:  # torch's own range checks, e.g. "Invalid learning rate: -1"
+        raise ConfigError(f"optimizer: {exc}") from exc
+
+
+def build_trainer(cfg: DictConfig, **kwargs) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``; a value Lightning refuses (``trainer.max_epochs=-2``) is one ConfigError line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, MisconfigurationException):
+            raise ConfigError(f"trainer: {exc.__cause__}") from exc
+        raise
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return the final metrics (also in ``results.json``)."""
+    import pytorch_lightning as pl
+
+    from robustlip.callbacks.robust_evaluation import RobustEvaluation
+    from robustlip.reporting.tables import print_results_table
+    from robustlip.runs.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, resolve_ckpt_path
+
     output_dir = check_writable_dir("paths.output_dir", cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = prepare_data(cfg)
     module = build_module(cfg)
+    check_optimizer(module)
     if ckpt_path is not None:
         check_compatible(load_checkpoint(ckpt_path), cfg, module, path=ckpt_path)
         log.info("resuming from %s", ckpt_path)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     # Only now, with every check passed, does this run write into the run directory.
     save_resolved_config(cfg, output_dir)
     keep_csv_history(loggers)
@@ -122,6 +154,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def fit(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningDataModule, ckpt_path: str | None,
         output_dir: os.PathLike | str) -> None:
     """``trainer.fit``, with its two known failures told in one line each: where the state is, how to go on."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from robustlip.module import NonFiniteLossError
+    from robustlip.runs.checkpoints import last_checkpoint
+
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
