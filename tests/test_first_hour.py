@@ -92,3 +92,62 @@ def test_a_failed_check_in_an_existing_folder_removes_nothing(tmp_path, capsys, 
     code, _, err = run_cli("robustlip-train", ["attack.eps=-1", f"hydra.run.dir={run_dir}"], tmp_path, capsys, monkeypatch)
     assert code == 2, err
     assert run_dir.is_dir(), "a folder the user made must survive a failed run"
+
+
+# -- 6. nonsense values: ε above the pixel range, an attack ε that is not data.eps, more examples than there are --
+@pytest.mark.parametrize(("command", "args", "words"), [
+    ("robustlip-train", ["attack.eps=2"], ["attack.eps=2", "[0, 1]", "pixel"]),
+    ("robustlip-train", ["objective=at", "objective.eps=1.5"], ["objective.eps=1.5", "[0, 1]"]),
+    ("robustlip-train", ["attack.eps=0.2"], ["attack.eps=0.2", "data.eps=0.1", "allow_eps_mismatch=true"]),
+    ("robustlip-train", ["data.test_size=1000"], ["data.test_size=1000", "test set", "450 examples"]),
+    ("robustlip-train", ["data.train_eval_size=5000"], ["data.train_eval_size=5000", "1212 examples"]),
+], ids=["linf-eps-above-1", "objective-eps-above-1", "eps-mismatch", "test-size", "train-eval-size"])
+def test_nonsense_values_are_refused_in_one_line_before_training(command, args, words, tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli(command, args, tmp_path, capsys, monkeypatch)
+    assert code == 2, err[-2000:]
+    (line,) = error_lines(err)
+    for word in words:
+        assert word in line, line
+    assert "Epoch" not in out and not (tmp_path / "logs").exists()
+
+
+# -- 8. one line for a checkpoint folder and for wandb without a key; percent everywhere ---------------------------
+def test_eval_of_a_directory_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli("robustlip-eval", [f"ckpt_path={tmp_path}"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert f"ckpt_path='{tmp_path}' is not a file" in line, line
+
+
+def test_wandb_without_key_or_mode_is_one_line_naming_offline_mode(tmp_path, capsys, monkeypatch):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
+    code, _, err = run_cli("robustlip-train", ["logger=wandb"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert "logger=wandb" in line and "WANDB_MODE=offline" in line, line
+    assert not (tmp_path / "logs").exists()
+    # A `wandb login` entry in ~/.netrc is a key: the check lets the run through (to wandb itself).
+    from robustlip.runs.loggers import check_wandb_credentials
+
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    check_wandb_credentials()
+
+
+def test_every_accuracy_is_in_percent(train_cfg, tmp_path):
+    """val/acc (the progress bar's) and train/batch_acc are logged in percent, as test/acc and results.json."""
+    import csv
+
+    from robustlip.train import train
+    from tests.conftest import FAST
+
+    train(train_cfg([*FAST, "evaluate=false"]))
+    with (tmp_path / "csv" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for key in ("val/acc", "train/batch_acc"):
+        values = [float(r[key]) for r in rows if r.get(key)]
+        assert values, key
+        # A fraction is at most 1; ten digit classes put even an untrained net near 10 %.
+        assert all(1.0 < v <= 100.0 for v in values), (key, values)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from robustlip.cli import entry_point
-from robustlip.runs.config import save_resolved_config
+from robustlip.runs.config import instantiate_group, save_resolved_config
+from robustlip.runs.errors import check_attack_eps
 
 if TYPE_CHECKING:
     from torch import nn
@@ -93,18 +94,20 @@ def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfi
 
 
 def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra: dict[str, Any]) -> RobustEvaluation:
-    from hydra.utils import instantiate
-
+    """The RobustEvaluation of this command; a bad value of any of its parts is one line naming its key."""
     from robustlip.callbacks import EpsSweep, RobustEvaluation
 
     sweep = list(cfg.eps_sweep) if cfg.get("eps_sweep") else None
+    attack = instantiate_group(setup, "attack") if setup.attack is not None else None
+    if attack is not None and hasattr(attack, "eps"):
+        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
     return RobustEvaluation(
-        attack=instantiate(setup.attack) if setup.attack is not None else None,
-        lipschitz=instantiate(setup.lipschitz) if setup.lipschitz and setup.lipschitz.get("_target_") else None,
+        attack=attack,
+        lipschitz=instantiate_group(setup, "lipschitz") if setup.lipschitz and setup.lipschitz.get("_target_") else None,
         evaluate_train=cfg.evaluate_train,
         results_file=output_dir / "results.json",
         seed=setup.seed,
-        sanity=instantiate(cfg.sanity) if cfg.get("sanity") else None,
+        sanity=instantiate_group(cfg, "sanity") if cfg.get("sanity") else None,
         eps_sweep=EpsSweep(sweep, max_batches=cfg.get("eps_sweep_max_batches")) if sweep else None,
         extra_results=extra,
     )
@@ -113,7 +116,7 @@ def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra
 def _record(cfg: DictConfig, setup: DictConfig) -> DictConfig:
     """config.yaml of the evaluation: what was evaluated and how (the chosen groups resolved into ``setup``)."""
     own = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-           for key in ("ckpt_path", "evaluate_train", "eps_sweep", "sanity", "trainer")}
+           for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "eps_sweep", "sanity", "trainer")}
     return OmegaConf.create({**own, **OmegaConf.to_container(setup)})
 
 
@@ -125,13 +128,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from robustlip.module import CheckpointedNet
     from robustlip.reporting.tables import print_results_table
     from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+    from robustlip.train import prepare_data
 
     output_dir = Path(cfg.paths.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path)
     train_config = checkpoint_config(ckpt)
     setup = evaluation_setup(cfg, train_config)
     module = CheckpointedNet(net_from_checkpoint(ckpt, train_config))
-    datamodule = instantiate(setup.data)
+    # The splits now, so a missing dataset or a too large data.test_size fails before any file is written.
+    datamodule = prepare_data(setup)
     extra = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "evaluated": OmegaConf.to_container(setup)}
     evaluation = build_evaluation(cfg, setup, output_dir, extra)
     save_resolved_config(_record(cfg, setup), output_dir)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robustlip.cli import entry_point
 from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
-from robustlip.runs.errors import ConfigError, RunInterrupted, check_writable_dir
+from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
 from robustlip.runs.loggers import build_loggers, finish_wandb, keep_csv_history
 
 if TYPE_CHECKING:
@@ -53,6 +53,14 @@ def _uses_run_attack(node: DictConfig) -> bool:
     return "attack" in node and OmegaConf.to_container(node, resolve=False)["attack"] == "${attack}"
 
 
+def build_attack(cfg: DictConfig):
+    """The evaluation attack of ``cfg.attack``; its ε must be ``data.eps`` unless ``allow_eps_mismatch=true``."""
+    attack = instantiate_group(cfg, "attack")
+    if hasattr(attack, "eps"):
+        check_attack_eps(attack.eps, cfg.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
+    return attack
+
+
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Every callback of a run: seeded randomness and resumable checkpoints first, then ``cfg.callbacks`` and ``perf``.
 
@@ -68,7 +76,7 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
             continue
         if name == "robust_evaluation" and not cfg.get("evaluate", True):
             continue
-        extra = {"attack": instantiate_group(cfg, "attack")} if _uses_run_attack(node) else {}
+        extra = {"attack": build_attack(cfg)} if _uses_run_attack(node) else {}
         callbacks.append(instantiate_group(cfg, f"callbacks.{name}", **extra))
     perf = cfg.get("perf")
     if perf is not None and perf.get("_target_"):

@@ -50,6 +50,23 @@ def check_probability(key: str, value: float) -> float:
     return float(value)
 
 
+def check_attack_eps(attack_eps: float, data_eps: float, allow_mismatch: bool, key: str = "attack.eps") -> bool:
+    """Refuse an evaluation attack whose ε differs from ``data.eps`` unless the user said so; True when it differs.
+
+    ``data.eps`` is the ε of the training objective, the Lipschitz estimate and the paper's tables; an
+    attack at another radius makes ``results.json`` mix two radii. ``allow_mismatch`` (the
+    ``allow_eps_mismatch`` key) lets it through, and the results table then names the radius.
+    """
+    differs = abs(float(attack_eps) - float(data_eps)) > 1e-12
+    if differs and not allow_mismatch:
+        raise ConfigError(
+            f"{key}={attack_eps:g} differs from data.eps={data_eps:g}, the ε of the training objective, the Lipschitz "
+            f"estimate and the paper's tables; set data.eps={attack_eps:g} to move them all, or add "
+            "allow_eps_mismatch=true to evaluate at another ε on purpose"
+        )
+    return differs
+
+
 def check_writable_dir(key: str, path: str | Path) -> Path:
     """Create ``path`` if needed and prove it takes a file, so an unwritable run directory fails before training.
 
