@@ -151,3 +151,89 @@ def test_every_accuracy_is_in_percent(train_cfg, tmp_path):
         assert values, key
         # A fraction is at most 1; ten digit classes put even an untrained net near 10 %.
         assert all(1.0 < v <= 100.0 for v in values), (key, values)
+
+
+# -- 1. every attack works with robustlip-eval's defaults; what can run is decided before any work ---------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A seconds-long training run's last.ckpt (digits, a narrow CNN)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robustlip.train import train
+    from tests.conftest import FAST, compose_train_cfg
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    train(compose_train_cfg(run_dir, [*FAST, "model.width=8", "data.test_size=64", "data.train_eval_size=32"]))
+    GlobalHydra.instance().clear()
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+class StepFreeAttack:
+    """An attack with a radius but no threat model, steps or step size (as an external attack library's)."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self.calls = 0
+
+    def __call__(self, model, x, y):
+        self.calls += 1
+        return x.clone()
+
+
+def test_multi_targeted_runs_with_the_default_sanity_checks_and_an_eps_sweep(checkpoint, tmp_path, capsys, monkeypatch):
+    import json
+
+    code, out, err = run_cli("robustlip-eval", [
+        f"ckpt_path={checkpoint}", "attack=multi_targeted", "attack.steps=2", "+patch.data.test_size=16",
+        "evaluate_train=false", "lipschitz=off", "eps_sweep=[0,0.2]", "trainer.enable_progress_bar=false",
+    ], tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    (results_file,) = (tmp_path / "logs").rglob("results.json")
+    results = json.loads(results_file.read_text())
+    assert results["attack"].startswith("MultiTargeted(") and "steps=2" in results["attack"]
+    assert set(results["sanity"]["checks"]) == {"decreasing_in_eps", "near_zero_at_large_eps", "more_steps",
+                                                "not_weaker_than_fgsm"}
+    assert "skipped" not in results["sanity"]
+    assert [p["eps"] for p in results["eps_sweep"]["points"]] == [0.0, 0.2]
+    # The variants are Multi-Targeted attacks around a changed inner PGD, not plain PGDs.
+    from hydra.utils import instantiate
+
+    from robustlip.attacks.variants import fgsm_like, with_eps, with_steps
+
+    attack = instantiate({"_target_": "robustlip.attacks.MultiTargeted", "eps": 0.1, "steps": 20})
+    wider, longer = with_eps(attack, 0.2), with_steps(attack, 40)
+    assert type(wider).__name__ == "MultiTargeted" and wider.eps == 0.2 and attack.eps == 0.1
+    assert wider.targeted_pgd.step_size == pytest.approx(2 * attack.targeted_pgd.step_size)
+    assert longer.targeted_pgd.steps == 40 and attack.targeted_pgd.steps == 20
+    assert fgsm_like(attack).eps == 0.1
+
+
+def test_an_attack_without_variants_skips_the_checks_that_need_them_and_refuses_a_sweep_up_front(
+        checkpoint, tmp_path, caplog):
+    import json
+    import logging
+
+    from omegaconf import open_dict
+
+    from robustlip.evaluate import evaluate
+    from robustlip.runs.errors import ConfigError
+    from tests.conftest import compose_train_cfg
+
+    def cfg(*overrides: str):
+        c = compose_train_cfg(tmp_path, [f"ckpt_path={checkpoint}", "+patch.data.test_size=16", "evaluate_train=false",
+                                         "lipschitz=off", "trainer.enable_progress_bar=false", *overrides], "eval")
+        with open_dict(c):
+            c.attack = {"_target_": f"{__name__}.StepFreeAttack", "eps": 0.1}
+        return c
+
+    with pytest.raises(ConfigError, match=r"eps_sweep: attack=StepFreeAttack cannot be run at other radii"):
+        evaluate(cfg("eps_sweep=[0,0.2]"))
+    assert not list(tmp_path.iterdir()), "the sweep was refused after writing files"
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        evaluate(cfg())
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["sanity"]["skipped"]) == {"decreasing_in_eps", "near_zero_at_large_eps", "more_steps",
+                                                 "not_weaker_than_fgsm"}
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 4 and all("StepFreeAttack has no" in line for line in skipped), skipped

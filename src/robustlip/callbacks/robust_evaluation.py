@@ -169,6 +169,9 @@ class RobustEvaluation(pl.Callback):
         self.val_max_batches = val_max_batches
         self.seed = seed
         self.probes: list[Probe] = [p for p in (sanity, eps_sweep) if p is not None]
+        if attack is not None:
+            for probe in self.probes:  # what each probe can run with this attack, decided before any work
+                probe.prepare(attack)
         self.extra_results = dict(extra_results or {})
         extra = list(metrics.values()) if isinstance(metrics, Mapping) else list(metrics or [])
         #: The metric objects measured on every split, in order (the attack's random start first).
