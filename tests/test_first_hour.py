@@ -237,3 +237,20 @@ def test_an_attack_without_variants_skips_the_checks_that_need_them_and_refuses_
                                                  "not_weaker_than_fgsm"}
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 4 and all("StepFreeAttack has no" in line for line in skipped), skipped
+
+
+# -- 10. each measurement has its own random stream ------------------------------------------------------------
+def test_the_lipschitz_estimate_of_a_checkpoint_does_not_depend_on_the_attack(checkpoint, tmp_path):
+    from robustlip.evaluate import evaluate
+    from tests.conftest import compose_train_cfg
+
+    def lipschitz(attack: str) -> float:
+        out = tmp_path / attack
+        cfg = compose_train_cfg(out, [f"ckpt_path={checkpoint}", f"attack={attack}", "+patch.data.test_size=32",
+                                      "evaluate_train=false", "sanity=null", "lipschitz=local", "lipschitz.steps=3",
+                                      "trainer.enable_progress_bar=false"], "eval")
+        return evaluate(cfg)["test/lipschitz"]
+
+    pgd, fgsm, again = lipschitz("pgd"), lipschitz("fgsm"), lipschitz("pgd")
+    assert pgd == again, "the same evaluation gave two estimates"
+    assert pgd == fgsm, "the Lipschitz estimate changed with the attack that ran before it"

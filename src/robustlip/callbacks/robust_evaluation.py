@@ -12,10 +12,12 @@ gradient-masking checks) in their own sections. During fitting it can also attac
 every ``val_every_n_epochs`` epochs and log ``val/adv_acc`` (monitor it with a ``ModelCheckpoint``
 whose ``every_n_epochs`` is the same N; ``conf/callbacks/adv_checkpoint.yaml`` does that).
 
-Reproducibility: every batch's attack and Lipschitz randomness is drawn from a generator seeded with
-``(seed, split, batch index)`` inside ``torch.random.fork_rng``. So the numbers depend on the model,
-the data and the seed only — not on what ran before (``robustlip-eval`` on a checkpoint reproduces
-the training run's numbers), and evaluating never shifts the training run's own random stream.
+Reproducibility: every measurement of every batch (the attack's random start, the Lipschitz search's
+start, each probe) draws from its own stream, seeded with ``(seed, split, batch index, measurement
+name)`` inside ``torch.random.fork_rng``. So the numbers depend on the model, the data and the seed
+only — not on what ran before (``robustlip-eval`` on a checkpoint reproduces the training run's
+numbers), not on which other measurements ran (the Lipschitz estimate of a checkpoint is the same
+whichever attack is chosen), and evaluating never shifts the training run's own random stream.
 
 Exactness: counts and sums are sum-state torchmetrics. On one device the test set comes from
 Lightning's test loop. On several, Lightning's distributed sampler would pad the test set with
@@ -31,8 +33,9 @@ Trainer's ``inference_mode`` is left on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +59,19 @@ SPLIT_STREAMS = {"test": 0, "train": 1, "val": 2}
 
 
 @contextmanager
-def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device) -> Iterator[None]:
-    """Run a block on its own random stream, restoring the global one afterwards (None: no seeding)."""
+def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device, measurement: str = "") -> Iterator[None]:
+    """Run a block on its own random stream, restoring the global one afterwards (None: no seeding).
+
+    ``measurement`` (a metric's or probe's name) gives each measurement of a batch a stream of its own,
+    so one measurement's draws never depend on how many another one made before it.
+    """
     if seed is None:
         yield
         return
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    stream = zlib.crc32(measurement.encode()) if measurement else 0
     with torch.random.fork_rng(devices=devices, device_type="cuda"):
-        torch.manual_seed((int(seed) * 1_000_003 + SPLIT_STREAMS[split] * 7_919 + batch_idx) % (2**63))
+        torch.manual_seed((int(seed) * 1_000_003 + SPLIT_STREAMS[split] * 7_919 + batch_idx + stream * 104_729) % (2**63))
         yield
 
 
@@ -95,17 +103,20 @@ class SplitMeter(nn.Module):
         self.metrics = list(metrics)
         self.states = nn.ModuleDict({metric.name: SumState(metric) for metric in self.metrics})
 
-    def update(self, model: nn.Module, x: Tensor, y: Tensor, logits: Tensor | None = None) -> EvalBatch:
+    def update(self, model: nn.Module, x: Tensor, y: Tensor, logits: Tensor | None = None,
+               stream: Callable[[str], AbstractContextManager] | None = None) -> EvalBatch:
         """Measure one batch with every metric, in order; returns the batch (clean and adversarial logits).
 
         ``logits`` are f(x) if the caller already has them (e.g. from ``test_step``): the clean
-        forward pass is done once per batch and shared by every metric.
+        forward pass is done once per batch and shared by every metric. ``stream(name)``, if given, is
+        the random stream each metric runs in.
         """
         with torch.no_grad():
             clean = model(x) if logits is None else logits
         batch = EvalBatch(model, x, y, clean)
         for metric in self.metrics:
-            self.states[metric.name].update(metric.per_example(batch))
+            with stream(metric.name) if stream is not None else nullcontext():
+                self.states[metric.name].update(metric.per_example(batch))
         return batch
 
     def compute(self, prefix: str) -> dict[str, float]:
@@ -241,14 +252,18 @@ class RobustEvaluation(pl.Callback):
         self._measure(pl_module, self.test_meter, x, y, "test", batch_idx, _batch_logits(outputs))
 
     def _measure(self, model, meter: SplitMeter, x, y, split: str, batch_idx: int, logits=None) -> None:
-        with outside_inference_mode(), seeded(self.seed, split, batch_idx, model.device):
+        def stream(name: str) -> AbstractContextManager:
+            return seeded(self.seed, split, batch_idx, model.device, name)
+
+        with outside_inference_mode():
             x, y = x.clone(), y.clone()
-            batch = meter.update(model, x, y, logits)
+            batch = meter.update(model, x, y, logits, stream)
             if split == "test" and self.attack is not None:
                 adv = batch.adversarial.get(AdversarialAccuracy.name)
                 for probe in self.probes:
                     if probe.wants(batch_idx):
-                        probe.observe(model, x, y, self.attack, batch.logits, adv)
+                        with stream(f"probe:{probe.section}"):
+                            probe.observe(model, x, y, self.attack, batch.logits, adv)
 
     def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None) -> SplitMeter:
         """One pass over ``loader`` measuring the same three numbers as the test loop."""
