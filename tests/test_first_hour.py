@@ -254,3 +254,40 @@ def test_the_lipschitz_estimate_of_a_checkpoint_does_not_depend_on_the_attack(ch
     pgd, fgsm, again = lipschitz("pgd"), lipschitz("fgsm"), lipschitz("pgd")
     assert pgd == again, "the same evaluation gave two estimates"
     assert pgd == fgsm, "the Lipschitz estimate changed with the attack that ran before it"
+
+
+# -- 9. output that is easy to use: the table names the method, the attack and the run; files are named -----------
+def test_titles_name_method_attack_and_the_whole_run_path_and_commands_say_where_they_wrote(checkpoint, tmp_path, capsys,
+                                                                                            monkeypatch):
+    from tests.conftest import FAST
+
+    run_dir = tmp_path / ("a-run-folder-with-a-long-name-" * 3) / "run"
+    code, out, err = run_cli("robustlip-train", [*FAST, "objective=trades", "objective.beta=6", "objective.steps=1",
+                                                 "attack.steps=2", "data.test_size=32", f"hydra.run.dir={run_dir}"],
+                             tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    lines = out.splitlines()
+    assert "TRADES(β=6) · digits · attack PGD-2 ℓ∞ ε=0.1" in lines, out
+    assert f"run: {run_dir}" in lines, "the run path must be one line, whole"
+
+    code, out, err = run_cli("robustlip-eval", [f"ckpt_path={checkpoint}", "attack=fgsm", "+patch.data.test_size=16",
+                                                "sanity=null", "evaluate_train=false", "lipschitz=off",
+                                                "eps_sweep=[0,0.1]", f"hydra.run.dir={tmp_path / 'ev'}"],
+                             tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    assert "Natural · digits · attack FGSM ℓ∞ ε=0.1" in out.splitlines(), out
+    assert f"wrote {tmp_path / 'ev'}/: config.yaml, eps_sweep.csv, eps_sweep.png, results.json" in out.splitlines(), out
+
+    code, out, err = run_cli("robustlip-separation", ["engine=torch", "closest_pairs=2", f"hydra.run.dir={tmp_path / 'sep'}"],
+                             tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    (wrote,) = [line for line in out.splitlines() if line.startswith("wrote ")]
+    assert wrote.startswith(f"wrote {tmp_path / 'sep'}/: ") and "separation.json" in wrote and "train_train_hist.png" in wrote
+
+
+def test_an_eps_mismatch_allowed_on_purpose_is_named_in_the_title(checkpoint, tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli("robustlip-eval", [f"ckpt_path={checkpoint}", "attack=fgsm", "+patch.attack.eps=0.2",
+                                                "allow_eps_mismatch=true", "+patch.data.test_size=16", "sanity=null",
+                                                "evaluate_train=false", "lipschitz=off"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    assert "attack FGSM ℓ∞ ε=0.2 (≠ data.eps=0.1: allow_eps_mismatch)" in out, out

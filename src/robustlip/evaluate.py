@@ -126,7 +126,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from robustlip.module import CheckpointedNet
-    from robustlip.reporting.tables import print_results_table
+    from robustlip.reporting.tables import attack_label, print_results_table
     from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
     from robustlip.train import prepare_data
 
@@ -143,8 +143,31 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[evaluation], logger=False, enable_checkpointing=False)
     trainer.test(module, datamodule=datamodule, verbose=False)
     if trainer.is_global_zero:
-        print_results_table(evaluation.metrics, title=f"{setup.data.get('name', 'data')} · {cfg.ckpt_path}")
+        print_results_table(evaluation.metrics, title=[
+            f"{_method(train_config)} · {setup.data.get('name', 'data')} · "
+            f"attack {attack_label(evaluation.attack, setup.data.get('eps'))}",
+            f"checkpoint: {extra['checkpoint']}",
+        ])
+        print_written(output_dir)
     return evaluation.metrics
+
+
+def _method(train_config: dict[str, Any]) -> str:
+    """The checkpoint's method as the tables name it (``TRADES(β=6)``), or its objective's name."""
+    from hydra.utils import instantiate
+
+    node = train_config.get("objective") or {}
+    try:
+        return instantiate(node).label
+    except Exception:  # noqa: BLE001 - a title must not fail on another version's objective
+        return str(node.get("name", "?"))
+
+
+def print_written(output_dir: Path) -> None:
+    """Say where the files of this command went (the folder, then the files in it)."""
+    hidden = {".hydra"}
+    names = sorted(p.name for p in Path(output_dir).iterdir() if p.name not in hidden and p.suffix != ".log")
+    print(f"wrote {Path(output_dir).resolve()}/: {', '.join(names)}", flush=True)
 
 
 def run(cfg: DictConfig) -> float | None:

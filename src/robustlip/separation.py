@@ -40,16 +40,18 @@ SPLITS = ("train_train", "test_train")
 def separation(cfg: DictConfig) -> dict[str, Any]:
     """Compute both splits as ``cfg`` says, write the files, return the contents of separation.json."""
     import numpy as np
-    from hydra.utils import instantiate
-
     from robustlip.data.arrays import load_arrays
     from robustlip.metrics.separation import closest_pairs, kept_indices, nearest_other_class, summarize
     from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
 
+    from robustlip.train import prepare_data
+
     output_dir = Path(cfg.paths.output_dir)
+    # The checks first (dataset present, loggers usable), then the first file (docs/reliability.md).
+    datamodule = prepare_data(cfg)
+    # The shared wandb group names a training objective; a separation run has none.
+    loggers = build_loggers(cfg, group=f"{cfg.data.name}-separation")
     save_resolved_config(cfg, output_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
     workers = int(cfg.data.get("num_workers", 0))
     x_train, y_train = load_arrays(datamodule.train_eval_set, num_workers=workers)
     x_test, y_test = load_arrays(datamodule.test_set, num_workers=workers)
@@ -98,7 +100,10 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
                                              tuple(datamodule.input_shape), split)
     write_json_atomic(output_dir / "separation.json", payload)
     print_separation_table(payload)
-    _log_to_loggers(cfg, payload, output_dir)
+    _log_to_loggers(loggers, payload, output_dir)
+    from robustlip.evaluate import print_written
+
+    print_written(output_dir)
     return payload
 
 
@@ -111,11 +116,10 @@ def summary_metrics(payload: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _log_to_loggers(cfg: DictConfig, payload: dict[str, Any], output_dir: Path) -> None:
+def _log_to_loggers(loggers: list[Any], payload: dict[str, Any], output_dir: Path) -> None:
     """Send the summary to every configured logger, and the figures to wandb when it is one of them."""
     metrics = summary_metrics(payload)
-    # The shared wandb group names a training objective; a separation run has none.
-    for logger in build_loggers(cfg, group=f"{cfg.data.name}-separation"):
+    for logger in loggers:
         logger.log_metrics(metrics)
         if hasattr(logger, "log_image"):
             for split in SPLITS:

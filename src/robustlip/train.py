@@ -126,7 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
 
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
-    from robustlip.reporting.tables import print_results_table
+    from robustlip.reporting.tables import attack_label, print_results_table
     from robustlip.runs.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, resolve_ckpt_path
 
     output_dir = check_writable_dir("paths.output_dir", cfg.paths.output_dir)
@@ -153,7 +153,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             evaluation = next((c for c in callbacks if isinstance(c, RobustEvaluation)), None)
             metrics = dict(evaluation.metrics) if evaluation is not None else {}
         if trainer.is_global_zero and metrics:
-            print_results_table(metrics, title=f"{cfg.data.name} · {cfg.objective.name} · {output_dir}")
+            attack = evaluation.attack if evaluation is not None else None
+            print_results_table(metrics, title=[
+                f"{module.objective.label} · {cfg.data.name} · attack {attack_label(attack, cfg.data.eps)}",
+                f"run: {output_dir.resolve()}",
+            ])
         return metrics
     finally:
         finish_wandb()

@@ -94,6 +94,11 @@ def steps_of(attack: Attack) -> int | None:
     return getattr(_inner(attack)[1], "steps", None)
 
 
+def norm_of(attack: Attack) -> str | None:
+    """The norm of the attack's threat model ('inf', '2'), None if it has none."""
+    return getattr(getattr(_inner(attack)[1], "threat", None), "norm", None)
+
+
 def fgsm_like(attack: Attack) -> Attack:
     """FGSM with the attack's radius, norm and model mode: the baseline a multi-step attack must beat."""
     _require(attack, "fgsm")
