@@ -291,3 +291,165 @@ def test_an_eps_mismatch_allowed_on_purpose_is_named_in_the_title(checkpoint, tm
                                                 "evaluate_train=false", "lipschitz=off"], tmp_path, capsys, monkeypatch)
     assert code == 0, err[-3000:]
     assert "attack FGSM ℓ∞ ε=0.2 (≠ data.eps=0.1: allow_eps_mismatch)" in out, out
+
+
+# -- 3. a run that learned nothing says so: in the final table, the log and results.json ---------------------------
+def test_a_run_at_chance_warns_in_table_log_and_results(tmp_path, capsys, monkeypatch):
+    import json
+
+    from tests.conftest import FAST
+
+    run_dir = tmp_path / "dead"
+    code, out, err = run_cli("robustlip-train", [*FAST, "optimizer.lr=0", "attack.steps=1", "data.test_size=64",
+                                                 "callbacks.robust_evaluation.lipschitz=null", f"hydra.run.dir={run_dir}"],
+                             tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    table_warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert table_warnings and all("chance level for 10 classes" in w for w in table_warnings), out
+    assert "optimizer.lr=0" in table_warnings[0] and "likely cause" in table_warnings[0], table_warnings
+    results = json.loads((run_dir / "results.json").read_text())
+    assert any("chance level" in w for w in results["warnings"]), results.get("warnings")
+    assert "chance level" in (run_dir / "train.log").read_text()
+
+
+def test_health_names_an_exploding_loss_and_the_summed_loss_fix():
+    from robustlip.callbacks.training_health import TrainingHealth
+
+    health = TrainingHealth(num_classes=10, fidelity="faithful", lr=0.05, batch_size=64)
+    health.first_loss, health.worst, health.val_acc, health.val_count = 147.0, (1556.0, 9), 10.2, 180
+    first, second = health.diagnose()
+    assert "the training loss exploded: 147 at the first step, 1.56e+03 at global step 9" in first
+    assert "fidelity=faithful sums the loss over the batch" in first and "optimizer.lr=0.00078" in first
+    assert second.startswith("the final val/acc is 10.2 %, chance level for 10 classes (10.0 %)")
+    healthy = TrainingHealth(num_classes=10, lr=0.05, batch_size=64)
+    healthy.first_loss, healthy.worst, healthy.val_acc, healthy.val_count = 2.3, (2.4, 1), 91.0, 180
+    assert healthy.diagnose() == []
+    # Chance is judged with the sampling noise of the split: 14 % of 45 examples is chance, of 4500 it is not.
+    assert healthy.check_accuracy("acc", 14.0, 45) is not None and healthy.check_accuracy("acc", 14.0, 4500) is None
+
+
+# -- 4. Ctrl-C saves like SIGTERM and names the command that resumes; a signal stops the final evaluation at once ---
+class SignalOnce:
+    """A callback sending this process a real signal once (a marker file remembers it), after training batch
+    ``batch`` of epoch ``epoch`` or after test batch ``test_batch`` — as a user's Ctrl-C or SLURM would."""
+
+    def __new__(cls, *args, **kwargs):
+        import pytorch_lightning as pl
+
+        class _SignalOnce(pl.Callback):
+            def __init__(self, signum: int, marker: str, epoch: int = -1, batch: int = -1, test_batch: int = -1) -> None:
+                self.signum, self.marker, self.epoch, self.batch, self.test_batch = signum, Path(marker), epoch, batch, test_batch
+
+            def _send(self) -> None:
+                import os
+
+                if not self.marker.exists():
+                    self.marker.touch()
+                    os.kill(os.getpid(), self.signum)
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+                    self._send()
+
+            def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+                if batch_idx == self.test_batch:
+                    self._send()
+
+        return _SignalOnce(*args, **kwargs)
+
+
+def _signal_args(tmp_path: Path, signum: int, **where: int) -> list[str]:
+    return [f"+callbacks.signal._target_={__name__}.SignalOnce", f"+callbacks.signal.signum={signum}",
+            f"+callbacks.signal.marker={tmp_path / 'signal-sent'}", *(f"+callbacks.signal.{k}={v}" for k, v in where.items())]
+
+
+SMALL = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1", "attack.steps=1",
+         "data.test_size=64", "data.train_eval_size=64", "data.eval_batch_size=32",
+         "callbacks.robust_evaluation.lipschitz=null", "trainer.enable_progress_bar=false"]
+
+
+def test_ctrl_c_saves_like_sigterm_prints_the_resume_command_and_ckpt_path_last_finds_the_run(tmp_path, capsys, monkeypatch):
+    import shlex
+    import signal
+
+    from robustlip.runs.checkpoints import load_checkpoint
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    args = [*SMALL, *_signal_args(tmp_path, int(signal.SIGINT), epoch=1, batch=0)]
+    code, _, err = run_cli("robustlip-train", args, tmp_path, capsys, monkeypatch)
+    assert code == 130, err[-3000:]
+    assert "KeyboardInterrupt" not in err and "Traceback" not in err, err[-3000:]
+    (line,) = error_lines(err)
+    assert "interrupted by SIGINT at epoch 1, global step 4, batch 1 of the epoch" in line, line
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    command = line.split("Resume with: ", 1)[1]
+    assert shlex.split(command) == ["robustlip-train", *args, f"hydra.run.dir={run_dir}", "ckpt_path=last"], command
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert (saved["epoch"], saved["global_step"]) == (1, 4), "not the state Ctrl-C stopped at"
+
+    # A new shell, the same overrides, ckpt_path=last and no run dir: the interrupted run continues in its own folder.
+    code, out, err = run_cli("robustlip-train", [*args, "ckpt_path=last"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    assert [p.name for p in (tmp_path / "logs" / "train" / "runs").iterdir()] == [run_dir.name]
+    assert (run_dir / "results.json").is_file() and f"run: {run_dir}" in out
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+
+def test_ckpt_path_last_names_the_interrupted_runs_it_could_mean(tmp_path):
+    import os
+
+    from robustlip.runs.checkpoints import CheckpointError, find_interrupted_run
+
+    def interrupted(name: str, overrides: list[str], age: float) -> Path:
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(run / "checkpoints" / "last.ckpt", (1e9 + age, 1e9 + age))
+        return run
+
+    older = interrupted("a", ["objective=at"], 0)
+    newer = interrupted("b", ["objective=at", "resume=auto"], 10)
+    other = interrupted("c", ["objective=trades"], 20)
+    assert find_interrupted_run(tmp_path, ["objective=at", "ckpt_path=last"]) == newer
+    (newer / "results.json").write_text("{}")  # finished: not a candidate
+    assert find_interrupted_run(tmp_path, ["objective=at", "ckpt_path=last"]) == older
+    with pytest.raises(CheckpointError, match="no interrupted run .* was started with these overrides") as err:
+        find_interrupted_run(tmp_path, ["objective=gr", "ckpt_path=last"])
+    assert str(other) in str(err.value) and "objective=trades" in str(err.value) and str(older) in str(err.value)
+
+
+def test_a_signal_during_the_final_evaluation_stops_at_once_keeps_the_test_numbers_and_says_how_to_finish(
+        tmp_path, capsys, monkeypatch):
+    import json
+    import shlex
+    import signal
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    run_dir = tmp_path / "run"
+    # SIGTERM after the last test batch: the training-set measurement that follows must not start.
+    args = [*SMALL, "trainer.max_epochs=1", *_signal_args(tmp_path, int(signal.SIGTERM), test_batch=1),
+            f"hydra.run.dir={run_dir}"]
+    code, _, err = run_cli("robustlip-train", args, tmp_path, capsys, monkeypatch)
+    assert code == 143, err[-3000:]
+    (line,) = error_lines(err)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert "interrupted by SIGTERM during the final evaluation" in line and str(last) in line, line
+    assert shlex.split(line.split("Finish the evaluation with: ", 1)[1]) == ["robustlip-eval", f"ckpt_path={last}",
+                                                                              "sanity=null"]
+    partial = json.loads((run_dir / "results.partial.json").read_text())
+    assert partial["complete"] is False and partial["examples"] == {"test": 64}, partial["examples"]
+    assert set(partial["metrics"]) == {"test/acc", "test/adv_acc"}
+    assert not (run_dir / "results.json").exists(), "an unfinished evaluation must not look finished"
+
+
+# -- 11. the package declares every config folder, so `pip install .` is silent --------------------------------------
+def test_every_config_folder_is_a_declared_package():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"robustlip." + ".".join(d.relative_to(root).parts) for d in (root / "conf").rglob("*")
+               if d.is_dir() and not d.name.startswith(("_", ".")) and any(d.glob("*.yaml"))}
+    assert folders - declared == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - declared)}"

@@ -133,6 +133,55 @@ def remove_untouched_run_dir() -> Path | None:
     return run_dir
 
 
+def run_dir_given() -> bool:
+    """Whether the user chose the run directory (``hydra.run.dir=...``) rather than Hydra's new timestamped one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in HydraConfig.get().overrides.hydra)
+    except ValueError:  # not under Hydra: the caller chose paths.output_dir itself
+        return True
+
+
+def task_overrides() -> list[str] | None:
+    """The command line's task overrides (what ``.hydra/overrides.yaml`` records), None when not under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return None
+
+
+def move_run_dir(new_dir: Path) -> None:
+    """Continue this run in ``new_dir`` (an earlier run's folder): the log file follows, and the fresh folder Hydra
+    created for this run is removed again when nothing but Hydra's own files are in it."""
+    if _created:
+        fresh = _created[0]
+        for handler in logging.getLogger().handlers:
+            filename = getattr(handler, "baseFilename", None)
+            if filename and Path(filename).parent == fresh and isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    handler.close()
+                    old, new = Path(filename), Path(new_dir) / Path(filename).name
+                    with new.open("a") as target:  # what was logged before the move goes along
+                        target.write(old.read_text() if old.is_file() else "")
+                    old.unlink(missing_ok=True)
+                    handler.baseFilename, handler.mode = str(new), "a"
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()
+        if fresh.is_dir() and all(entry.name == ".hydra" for entry in fresh.iterdir()):
+            shutil.rmtree(fresh, ignore_errors=True)
+            for parent in _created[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+    _created.clear()
+
+
 def entry_point(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
     """``main()`` of a console script running ``task`` on the composed ``conf/<config_name>.yaml``."""
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from robustlip.cli import entry_point
 from robustlip.runs.config import instantiate_group, save_resolved_config
-from robustlip.runs.errors import check_attack_eps
+from robustlip.runs.errors import RunInterrupted, check_attack_eps
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 def __getattr__(name: str) -> Any:
     """``CheckpointedNet`` lives in :mod:`robustlip.module`; it is imported on first use, not at start-up."""
     if name == "CheckpointedNet":
-        from robustlip.module import CheckpointedNet
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from robustlip.callbacks.resume import EXIT_CODES, SignalStop
+    from robustlip.module import CheckpointedNet
 
         return CheckpointedNet
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -125,6 +128,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from robustlip.callbacks.resume import EXIT_CODES, SignalStop
     from robustlip.module import CheckpointedNet
     from robustlip.reporting.tables import attack_label, print_results_table
     from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
@@ -140,8 +146,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     extra = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "evaluated": OmegaConf.to_container(setup)}
     evaluation = build_evaluation(cfg, setup, output_dir, extra)
     save_resolved_config(_record(cfg, setup), output_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[evaluation], logger=False, enable_checkpointing=False)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    stop = SignalStop()
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[evaluation, stop], logger=False, enable_checkpointing=False)
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except SIGTERMException:
+        measured = ", ".join(f"{n} {split} examples" for split, n in (evaluation.partial or {}).get("examples", {}).items())
+        raise RunInterrupted(
+            f"interrupted by {stop.stopped_by()} during the evaluation; what was measured ({measured or 'nothing yet'}) "
+            f"is in {evaluation.partial_results_file()}; run the same command again to evaluate everything",
+            exit_code=EXIT_CODES[stop.stopped_by()],
+        ) from None
     if trainer.is_global_zero:
         print_results_table(evaluation.metrics, title=[
             f"{_method(train_config)} · {setup.data.get('name', 'data')} · "

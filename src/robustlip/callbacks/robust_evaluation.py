@@ -41,6 +41,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
@@ -50,7 +51,7 @@ from robustlip.metrics.accuracy import AdversarialAccuracy, CleanAccuracy, Corre
 from robustlip.metrics.base import EvalBatch, ExampleMetric, SumState
 from robustlip.runs.errors import ConfigError
 from robustlip.runs.files import write_json_atomic
-from robustlip.runs.results import RESULT_KEYS, with_gaps
+from robustlip.runs.results import RESULT_KEYS, chance_band, with_gaps
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,14 @@ class RobustEvaluation(pl.Callback):
         if len(set(names)) != len(names):
             raise ConfigError(f"callbacks.robust_evaluation.metrics: two metrics share a name in {names}; rename one")
         self.test_meter = SplitMeter(self.measurements)
+        #: Warnings for results.json and the final table: a training run's (TrainingHealth's, added by
+        #: robustlip-train before the test) and a test accuracy at chance; ``advice`` is appended to the latter.
+        self.warnings: list[str] = []
+        self.advice: str | None = None
+        self.num_classes: int | None = None
+        #: The meters of the splits measured so far in this test (kept when a signal stops it).
+        self._meters: dict[str, SplitMeter] = {}
+        self.partial: dict[str, Any] | None = None
         self.val_adv_acc = CorrectFraction()
         self.metrics: dict[str, float] = {}
         self.sections: dict[str, Any] = {}
@@ -238,6 +247,7 @@ class RobustEvaluation(pl.Callback):
         return trainer.world_size > 1
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._meters = {"test": self.test_meter}
         with outside_inference_mode():
             self.test_meter.to(pl_module.device)
             self.test_meter.reset()
@@ -258,6 +268,7 @@ class RobustEvaluation(pl.Callback):
         with outside_inference_mode():
             x, y = x.clone(), y.clone()
             batch = meter.update(model, x, y, logits, stream)
+            self.num_classes = int(batch.logits.shape[1])
             if split == "test" and self.attack is not None:
                 adv = batch.adversarial.get(AdversarialAccuracy.name)
                 for probe in self.probes:
@@ -265,11 +276,19 @@ class RobustEvaluation(pl.Callback):
                         with stream(f"probe:{probe.section}"):
                             probe.observe(model, x, y, self.attack, batch.logits, adv)
 
-    def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None) -> SplitMeter:
-        """One pass over ``loader`` measuring the same three numbers as the test loop."""
+    def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> SplitMeter:
+        """One pass over ``loader`` measuring the same three numbers as the test loop.
+
+        ``should_stop`` is asked before every batch (the Trainer's SIGTERM/SIGINT flag): a stop request
+        ends the pass at once with Lightning's ``SIGTERMException``, what is measured so far kept.
+        """
         with outside_inference_mode():
             meter = meter if meter is not None else SplitMeter(self.measurements).to(model.device)
+        self._meters[split] = meter
         for batch_idx, (x, y) in enumerate(loader):
+            if should_stop is not None and should_stop():
+                raise SIGTERMException
             self._measure(model, meter, x.to(model.device), y.to(model.device), split, batch_idx)
         return meter
 
@@ -280,19 +299,21 @@ class RobustEvaluation(pl.Callback):
             if datamodule is None:
                 raise RuntimeError("RobustEvaluation on several devices shards datamodule.test_dataloader() itself; "
                                    "pass a datamodule to trainer.test, not bare dataloaders")
-            self.measure_loader(pl_module, unrepeated_shard(datamodule.test_dataloader(), rank, world), "test", self.test_meter)
+            self.measure_loader(pl_module, unrepeated_shard(datamodule.test_dataloader(), rank, world), "test", self.test_meter,
+                                should_stop=lambda: trainer.received_sigterm)
         with outside_inference_mode():
             metrics = self.test_meter.compute("test")
             self.counts = {"test": self.test_meter.count()}
             if self.evaluate_train and datamodule is not None and hasattr(datamodule, "train_eval_dataloader"):
                 loader = unrepeated_shard(datamodule.train_eval_dataloader(), rank, world)
-                train_meter = self.measure_loader(pl_module, loader, "train")
+                train_meter = self.measure_loader(pl_module, loader, "train", should_stop=lambda: trainer.received_sigterm)
                 metrics.update(train_meter.compute("train"))
                 self.counts["train"] = train_meter.count()
             elif self.evaluate_train:
                 log.warning("no datamodule with train_eval_dataloader(): train/* metrics and gaps are skipped")
             self.sections = {probe.section: probe.results() for probe in self.probes}
         self.metrics = with_gaps(metrics)
+        self._check_chance()
         for name, value in self.metrics.items():
             pl_module.log(name, value, sync_dist=False, rank_zero_only=True)
         if trainer.is_global_zero:
@@ -300,6 +321,42 @@ class RobustEvaluation(pl.Callback):
                 probe.report(self.sections[probe.section])
             if self.results_file is not None:
                 self.write_results(trainer)
+
+    # -- a stop request (SIGTERM, Ctrl-C) during the evaluation: keep what is measured ------------
+    def partial_results_file(self) -> Path | None:
+        return None if self.results_file is None else self.results_file.with_name("results.partial.json")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "test" or not trainer.is_global_zero:
+            return
+        path = self.partial_results_file()
+        if path is None:
+            return
+        with outside_inference_mode():
+            metrics: dict[str, float] = {}
+            counts = {}
+            for split, meter in self._meters.items():
+                if meter.count() > 0:
+                    metrics.update(meter.compute(split))
+                    counts[split] = meter.count()
+        self.partial = {"complete": False, "metrics": with_gaps(metrics), "examples": counts,
+                        "attack": repr(self.attack), "lipschitz": repr(self.lipschitz), "seed": self.seed,
+                        **self.extra_results}
+        write_json_atomic(path, self.partial)
+        log.warning("evaluation stopped by a signal; what was measured (%s) is in %s",
+                    ", ".join(f"{n} {k} examples" for k, n in counts.items()) or "nothing", path)
+
+    def _check_chance(self) -> None:
+        """Warn when the clean test accuracy cannot be told from guessing (a run that exits 0 but learned nothing)."""
+        acc = self.metrics.get("test/acc")
+        if acc is None or not self.num_classes or any("chance level" in w for w in self.warnings):
+            return
+        chance, ceiling = chance_band(self.num_classes, self.counts.get("test"))
+        if acc <= ceiling:
+            warning = (f"test/acc is {acc:.1f} %, chance level for {self.num_classes} classes ({chance:.1f} %): the model "
+                       f"predicts no better than guessing{'; ' + self.advice if self.advice else ''}")
+            log.warning(warning)
+            self.warnings.append(warning)
 
     def write_results(self, trainer: pl.Trainer) -> Path:
         ordered = {key: self.metrics[key] for key in RESULT_KEYS if key in self.metrics}
@@ -311,6 +368,7 @@ class RobustEvaluation(pl.Callback):
             "seed": self.seed,
             "examples": self.counts,
             "epochs_trained": trainer.current_epoch,
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
             **self.sections,
             **self.extra_results,
         }

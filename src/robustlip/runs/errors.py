@@ -20,9 +20,16 @@ class ConfigError(ValueError):
 
 
 class RunInterrupted(RuntimeError):
-    """A run stopped by a signal after saving its state; the message says how to resume it."""
+    """A run stopped by a signal after saving its state; the message says how to resume it.
+
+    The exit code is 128 + the signal's number, the shell's convention: 143 for SIGTERM, 130 for SIGINT.
+    """
 
     exit_code = 143
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = int(exit_code)
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 #: The metric names of the paper's tables, in the order the tables show them.
 RESULT_KEYS = (
     "train/acc",
@@ -23,3 +25,14 @@ def with_gaps(metrics: dict[str, float]) -> dict[str, float]:
     if "train/adv_acc" in out and "test/adv_acc" in out:
         out["adv_gap"] = out["train/adv_acc"] - out["test/adv_acc"]
     return out
+
+
+def chance_band(num_classes: int, n: int | None) -> tuple[float, float]:
+    """Chance accuracy (percent) of guessing among ``num_classes``, and the highest accuracy that is still chance.
+
+    The band is three binomial standard errors of n examples around chance (at least 2 points): an
+    accuracy inside it cannot be told from guessing.
+    """
+    p = 1.0 / max(int(num_classes), 1)
+    spread = 3.0 * 100.0 * math.sqrt(p * (1.0 - p) / n) if n else 0.0
+    return 100.0 * p, 100.0 * p + max(2.0, spread)
