@@ -183,7 +183,7 @@ class StepFreeAttack:
 def test_multi_targeted_runs_with_the_default_sanity_checks_and_an_eps_sweep(checkpoint, tmp_path, capsys, monkeypatch):
     import json
 
-    code, out, err = run_cli("robustlip-eval", [
+    code, _, err = run_cli("robustlip-eval", [
         f"ckpt_path={checkpoint}", "attack=multi_targeted", "attack.steps=2", "+patch.data.test_size=16",
         "evaluate_train=false", "lipschitz=off", "eps_sweep=[0,0.2]", "trainer.enable_progress_bar=false",
     ], tmp_path, capsys, monkeypatch)

@@ -38,10 +38,7 @@ log = logging.getLogger(__name__)
 def __getattr__(name: str) -> Any:
     """``CheckpointedNet`` lives in :mod:`robustlip.module`; it is imported on first use, not at start-up."""
     if name == "CheckpointedNet":
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from robustlip.callbacks.resume import EXIT_CODES, SignalStop
-    from robustlip.module import CheckpointedNet
+        from robustlip.module import CheckpointedNet
 
         return CheckpointedNet
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -127,7 +124,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
-
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from robustlip.callbacks.resume import EXIT_CODES, SignalStop
@@ -158,9 +154,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             exit_code=EXIT_CODES[stop.stopped_by()],
         ) from None
     if trainer.is_global_zero:
+        attack = attack_label(evaluation.attack, setup.data.get("eps"))
         print_results_table(evaluation.metrics, title=[
-            f"{_method(train_config)} · {setup.data.get('name', 'data')} · "
-            f"attack {attack_label(evaluation.attack, setup.data.get('eps'))}",
+            f"{_method(train_config)} · {setup.data.get('name', 'data')} · attack {attack}",
             f"checkpoint: {extra['checkpoint']}",
         ])
         print_written(output_dir)

@@ -40,10 +40,10 @@ SPLITS = ("train_train", "test_train")
 def separation(cfg: DictConfig) -> dict[str, Any]:
     """Compute both splits as ``cfg`` says, write the files, return the contents of separation.json."""
     import numpy as np
+
     from robustlip.data.arrays import load_arrays
     from robustlip.metrics.separation import closest_pairs, kept_indices, nearest_other_class, summarize
     from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
-
     from robustlip.train import prepare_data
 
     output_dir = Path(cfg.paths.output_dir)

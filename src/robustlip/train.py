@@ -162,7 +162,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
     from robustlip.reporting.tables import attack_label, print_results_table
-    from robustlip.runs.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint, resolve_ckpt_path
+    from robustlip.runs.checkpoints import (
+        AtomicCheckpointIO,
+        check_compatible,
+        load_checkpoint,
+        resolve_ckpt_path,
+    )
 
     output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
