@@ -42,6 +42,21 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A seconds-long training run's last.ckpt (digits, a narrow CNN)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from robustlip.train import train
+    from tests.conftest import FAST, compose_train_cfg
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    train(compose_train_cfg(run_dir, [*FAST, "model.width=8", "data.test_size=32", "data.train_eval_size=32",
+                                      "attack.steps=2", "callbacks.robust_evaluation.lipschitz.steps=2"]))
+    GlobalHydra.instance().clear()
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
 # -- 2. a misspelled option or key: Hydra's own message, exit 2 (bad input), for every command --------------
 MISSPELLED = [
     ("robustlip-train", ["objective=trade"], "objective/trade", ["trades", "natural", "rst"]),
@@ -136,15 +151,11 @@ def test_wandb_without_key_or_mode_is_one_line_naming_offline_mode(tmp_path, cap
     check_wandb_credentials()
 
 
-def test_every_accuracy_is_in_percent(train_cfg, tmp_path):
+def test_every_accuracy_is_in_percent(checkpoint):
     """val/acc (the progress bar's) and train/batch_acc are logged in percent, as test/acc and results.json."""
     import csv
 
-    from robustlip.train import train
-    from tests.conftest import FAST
-
-    train(train_cfg([*FAST, "evaluate=false"]))
-    with (tmp_path / "csv" / "metrics.csv").open() as handle:
+    with (checkpoint.parents[1] / "csv" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     for key in ("val/acc", "train/batch_acc"):
         values = [float(r[key]) for r in rows if r.get(key)]
@@ -154,20 +165,6 @@ def test_every_accuracy_is_in_percent(train_cfg, tmp_path):
 
 
 # -- 1. every attack works with robustlip-eval's defaults; what can run is decided before any work ---------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A seconds-long training run's last.ckpt (digits, a narrow CNN)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from robustlip.train import train
-    from tests.conftest import FAST, compose_train_cfg
-
-    run_dir = tmp_path_factory.mktemp("trained")
-    train(compose_train_cfg(run_dir, [*FAST, "model.width=8", "data.test_size=64", "data.train_eval_size=32"]))
-    GlobalHydra.instance().clear()
-    return run_dir / "checkpoints" / "last.ckpt"
-
-
 class StepFreeAttack:
     """An attack with a radius but no threat model, steps or step size (as an external attack library's)."""
 
@@ -251,25 +248,12 @@ def test_the_lipschitz_estimate_of_a_checkpoint_does_not_depend_on_the_attack(ch
                                       "trainer.enable_progress_bar=false"], "eval")
         return evaluate(cfg)["test/lipschitz"]
 
-    pgd, fgsm, again = lipschitz("pgd"), lipschitz("fgsm"), lipschitz("pgd")
-    assert pgd == again, "the same evaluation gave two estimates"
-    assert pgd == fgsm, "the Lipschitz estimate changed with the attack that ran before it"
+    assert lipschitz("pgd") == lipschitz("fgsm"), "the Lipschitz estimate changed with the attack that ran before it"
 
 
 # -- 9. output that is easy to use: the table names the method, the attack and the run; files are named -----------
-def test_titles_name_method_attack_and_the_whole_run_path_and_commands_say_where_they_wrote(checkpoint, tmp_path, capsys,
-                                                                                            monkeypatch):
-    from tests.conftest import FAST
-
-    run_dir = tmp_path / ("a-run-folder-with-a-long-name-" * 3) / "run"
-    code, out, err = run_cli("robustlip-train", [*FAST, "objective=trades", "objective.beta=6", "objective.steps=1",
-                                                 "attack.steps=2", "data.test_size=32", f"hydra.run.dir={run_dir}"],
-                             tmp_path, capsys, monkeypatch)
-    assert code == 0, err[-3000:]
-    lines = out.splitlines()
-    assert "TRADES(β=6) · digits · attack PGD-2 ℓ∞ ε=0.1" in lines, out
-    assert f"run: {run_dir}" in lines, "the run path must be one line, whole"
-
+def test_eval_and_separation_titles_and_the_files_they_wrote(checkpoint, tmp_path, capsys,
+                                                              monkeypatch):
     code, out, err = run_cli("robustlip-eval", [f"ckpt_path={checkpoint}", "attack=fgsm", "+patch.data.test_size=16",
                                                 "sanity=null", "evaluate_train=false", "lipschitz=off",
                                                 "eps_sweep=[0,0.1]", f"hydra.run.dir={tmp_path / 'ev'}"],
@@ -294,17 +278,24 @@ def test_an_eps_mismatch_allowed_on_purpose_is_named_in_the_title(checkpoint, tm
 
 
 # -- 3. a run that learned nothing says so: in the final table, the log and results.json ---------------------------
-def test_a_run_at_chance_warns_in_table_log_and_results(tmp_path, capsys, monkeypatch):
+def test_a_run_at_chance_warns_in_table_log_and_results_under_a_title_naming_method_attack_and_run(
+        tmp_path, capsys, monkeypatch):
     import json
 
     from tests.conftest import FAST
 
-    run_dir = tmp_path / "dead"
-    code, out, err = run_cli("robustlip-train", [*FAST, "optimizer.lr=0", "attack.steps=1", "data.test_size=64",
+    run_dir = tmp_path / ("a-run-folder-with-a-long-name-" * 3) / "dead"
+    code, out, err = run_cli("robustlip-train", [*FAST, "objective=trades", "objective.beta=6", "objective.steps=1",
+                                                 "optimizer.lr=0", "attack.steps=2", "data.test_size=64",
                                                  "callbacks.robust_evaluation.lipschitz=null", f"hydra.run.dir={run_dir}"],
                              tmp_path, capsys, monkeypatch)
     assert code == 0, err[-3000:]
-    table_warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    lines = out.splitlines()
+    # 9. the title: method with its knob, data, attack with steps, norm and ε; the run path whole on its own line.
+    assert "TRADES(β=6) · digits · attack PGD-2 ℓ∞ ε=0.1" in lines, out
+    assert f"run: {run_dir}" in lines, "the run path must be one line, whole"
+    # 3. lr=0 learns nothing: said under the table, in the log and in results.json, with the likely cause.
+    table_warnings = [line for line in lines if line.startswith("warning: ")]
     assert table_warnings and all("chance level for 10 classes" in w for w in table_warnings), out
     assert "optimizer.lr=0" in table_warnings[0] and "likely cause" in table_warnings[0], table_warnings
     results = json.loads((run_dir / "results.json").read_text())
