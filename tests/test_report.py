@@ -151,3 +151,36 @@ def test_separation_runs_make_table1(tmp_path):
     assert "| mnist | 0.100 | 0.737 | 0.812 | 3.7 | 0 |" in md
     assert "| svhn | 0.031 | 0.094 | 0.110 | 1.5 | 3 |" in md
     assert "without results.json" not in md
+
+
+def test_repeats_of_one_seed_count_once_and_report_md_links_its_plots(tmp_path):
+    s = tmp_path / "s"
+    _run(s, "a", {"name": "natural"}, _metrics(99.0, 60.0, 60.0), seed=0)
+    _run(s, "b", {"name": "natural"}, _metrics(97.0, 58.0, 70.0), seed=0)  # the same seed again
+    _run(s, "c", {"name": "at"}, _metrics(98.0, 90.0, 5.0), seed=0)
+    _run(s, "d", {"name": "at"}, _metrics(96.0, 88.0, 7.0), seed=1)
+    report = build_report(_cfg([s], tmp_path / "out"))
+    md = report["markdown"]
+    natural = next(line for line in md.splitlines() if line.startswith("| Natural"))
+    at = next(line for line in md.splitlines() if line.startswith("| AT"))
+    # One seed run twice: one sample (the repeats averaged), no spread; two seeds: mean ± std of two.
+    assert "| 1 (2 runs) | 100.00 | 98.00 |" in natural and "±" not in natural, natural
+    assert "| 2 | 100.00 ± 0.00 | 97.00 ± 1.41 |" in at, at
+    for plot in report["plots"]:
+        assert f"]({plot.name})" in md and plot.parent == tmp_path / "out"
+
+
+def test_the_tradeoff_legend_is_beside_the_data_and_inside_the_figure(tmp_path):
+    from robustlip.reporting.plots import pyplot, scatter_figure
+    from robustlip.reporting.tables import Row
+
+    rows = [Row("digits", f"TRADES(β={b}) [optimizer.lr=0.01, model.width=64]", "0.5", ()) for b in (1, 3, 6)]
+    points = [(row, [(90.0 + i, 60.0 + i)]) for i, row in enumerate(rows)]
+    fig = scatter_figure("digits · DigitsCNN", points, "test acc (%)", False)
+    fig.savefig(tmp_path / "p.png")  # lays the figure out
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box, axes, figure = legend.get_window_extent(renderer), fig.axes[0].get_window_extent(renderer), fig.bbox
+    assert not box.overlaps(axes), "the legend covers the data"
+    assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and figure.y0 <= box.y0 and box.y1 <= figure.y1, "legend cut off"
+    pyplot().close(fig)

@@ -9,7 +9,12 @@ An entry module (``train.py``, ``evaluate.py``, ``separation.py``, ...) defines 
   code. In a multirun the line is logged and the error re-raised, so Hydra marks that job failed and
   the sweep goes on;
 * prints Hydra's own message for a config it cannot compose (a misspelled group option lists the
-  choices) and exits 1, and names the run directory when Hydra cannot create it (exit 2);
+  choices, a misspelled key is named) and exits 2, as for any other bad input; names the run
+  directory when Hydra cannot create it (exit 2);
+* leaves no litter: Hydra creates the run directory (and its ``.hydra/`` and log file) before the task
+  starts, so when a single run stops on a known failure and the task itself wrote nothing there, the
+  directory is removed again, if this run created it (:class:`RunDirectoryRecord` notes that), with
+  the empty parent folders it created (docs/reliability.md, "Bad input and faults");
 * leaves unknown errors their traceback. ``HYDRA_FULL_ERROR=1`` shows Hydra's full trace as usual.
 
 It imports only Hydra and OmegaConf, so ``--help`` and config errors answer without loading torch.
@@ -19,13 +24,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,125 @@ def _multirun() -> bool:
         return False
 
 
+class RunDirectoryRecord(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): notes, before Hydra creates the run directory of a
+    single run, whether it already existed and which of its parent folders did not, so that a run that
+    fails its checks can remove what Hydra created for it and nothing else."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _created.clear()
+        run_dir = OmegaConf.select(config, "hydra.run.dir", default=None)
+        if run_dir is None:
+            return
+        path = Path(str(run_dir)).expanduser().absolute()
+        new = []
+        while not path.exists() and path != path.parent:
+            new.append(path)
+            path = path.parent
+        _created.extend(new)  # the run dir first, then the parents this run will create
+
+
+#: Folders Hydra creates for the current single run (the run dir first), as noted by RunDirectoryRecord.
+_created: list[Path] = []
+
+
+def _hydra_files(run_dir: Path) -> set[Path]:
+    """What Hydra itself writes into a run dir before the task starts: ``.hydra/`` and the job's log file."""
+    from hydra.core.hydra_config import HydraConfig
+
+    own = set()
+    try:
+        subdir = HydraConfig.get().output_subdir
+    except ValueError:
+        subdir = ".hydra"
+    if subdir:
+        own.add(run_dir / str(subdir))
+    for handler in logging.getLogger().handlers:
+        filename = getattr(handler, "baseFilename", None)
+        if filename and Path(filename).parent == run_dir:
+            own.add(Path(filename))
+    return own
+
+
+def remove_untouched_run_dir() -> Path | None:
+    """Remove the run dir Hydra created for this run when the task wrote nothing into it; return it if removed.
+
+    Only a directory this run created (noted by :class:`RunDirectoryRecord`) that holds nothing but
+    Hydra's own ``.hydra/`` and log file is removed, then each parent folder this run created while
+    it is empty. Anything else — an earlier run's folder, a file the task wrote — stays.
+    """
+    if not _created:
+        return None
+    run_dir = _created[0]
+    if not run_dir.is_dir():
+        return None
+    own = _hydra_files(run_dir)
+    if any(entry not in own for entry in run_dir.iterdir()):
+        return None
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "baseFilename", None) and Path(handler.baseFilename) in own:
+            handler.close()
+            root.removeHandler(handler)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in _created[1:]:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+    _created.clear()
+    return run_dir
+
+
+def run_dir_given() -> bool:
+    """Whether the user chose the run directory (``hydra.run.dir=...``) rather than Hydra's new timestamped one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in HydraConfig.get().overrides.hydra)
+    except ValueError:  # not under Hydra: the caller chose paths.output_dir itself
+        return True
+
+
+def task_overrides() -> list[str] | None:
+    """The command line's task overrides (what ``.hydra/overrides.yaml`` records), None when not under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except ValueError:
+        return None
+
+
+def move_run_dir(new_dir: Path) -> None:
+    """Continue this run in ``new_dir`` (an earlier run's folder): the log file follows, and the fresh folder Hydra
+    created for this run is removed again when nothing but Hydra's own files are in it."""
+    if _created:
+        fresh = _created[0]
+        for handler in logging.getLogger().handlers:
+            filename = getattr(handler, "baseFilename", None)
+            if filename and Path(filename).parent == fresh and isinstance(handler, logging.FileHandler):
+                handler.acquire()
+                try:
+                    handler.close()
+                    old, new = Path(filename), Path(new_dir) / Path(filename).name
+                    with new.open("a") as target:  # what was logged before the move goes along
+                        target.write(old.read_text() if old.is_file() else "")
+                    old.unlink(missing_ok=True)
+                    handler.baseFilename, handler.mode = str(new), "a"
+                    handler.stream = handler._open()
+                finally:
+                    handler.release()
+        if fresh.is_dir() and all(entry.name == ".hydra" for entry in fresh.iterdir()):
+            shutil.rmtree(fresh, ignore_errors=True)
+            for parent in _created[1:]:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+    _created.clear()
+
+
 def entry_point(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
     """``main()`` of a console script running ``task`` on the composed ``conf/<config_name>.yaml``."""
 
@@ -68,8 +195,11 @@ def entry_point(config_name: str, task: Callable[[DictConfig], Any]) -> Callable
             if _multirun():
                 log.error("error: %s", exc)
                 raise
+            remove_untouched_run_dir()
             print_error(str(exc))
             raise SystemExit(code) from None
+        finally:
+            _created.clear()
 
     hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)(run)
 
@@ -103,10 +233,12 @@ def _report(exc: BaseException) -> int:
         return code
     # Before OSError: Hydra's MissingConfigException (a misspelled option) is also an IOError.
     if isinstance(exc, (CompactHydraException, ConfigCompositionException)):
-        print(str(exc), file=sys.stderr)
+        # Hydra's own message (it lists the options of a misspelled group), without the search path.
+        message = str(exc).split("\nConfig search path:")[0].rstrip()
+        print(f"error: {message}", file=sys.stderr)
         if isinstance(exc.__cause__, OmegaConfBaseException):
             print(str(exc.__cause__), file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     if isinstance(exc, OSError):  # Hydra could not create or write the run directory
         where = f" {exc.filename!r}" if exc.filename else ""
         print_error(f"hydra.run.dir: cannot write the run directory{where} ({exc.strerror or exc}); choose a writable "

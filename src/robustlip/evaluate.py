@@ -16,38 +16,40 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
 
-from robustlip.callbacks import EpsSweep, RobustEvaluation
 from robustlip.cli import entry_point
-from robustlip.reporting.tables import print_results_table
-from robustlip.runs.checkpoints import CheckpointError, checkpoint_config, load_checkpoint
-from robustlip.runs.config import save_resolved_config
+from robustlip.runs.config import instantiate_group, save_resolved_config
+from robustlip.runs.errors import RunInterrupted, check_attack_eps
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from robustlip.callbacks import RobustEvaluation
+
+# torch, Lightning and the callbacks are imported inside the functions that use them, so that
+# `robustlip-eval --help` and a config error answer without loading them (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointedNet(pl.LightningModule):
-    """Just the trained network: ``test_step`` hands its clean logits to RobustEvaluation."""
+def __getattr__(name: str) -> Any:
+    """``CheckpointedNet`` lives in :mod:`robustlip.module`; it is imported on first use, not at start-up."""
+    if name == "CheckpointedNet":
+        from robustlip.module import CheckpointedNet
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return {"logits": self.net(batch[0])}
+        return CheckpointedNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def net_from_checkpoint(ckpt: dict[str, Any], train_config: dict[str, Any], key: str = "ckpt_path") -> nn.Module:
     """Rebuild the network from the checkpoint's ``model`` config and load its ``net.*`` weights."""
+    from hydra.utils import instantiate
+
+    from robustlip.runs.checkpoints import CheckpointError
+
     if "model" not in train_config:
         raise CheckpointError(f"{key}: the checkpoint has no hyper_parameters.config.model; it was not written by robustlip-train")
     net = instantiate(train_config["model"])
@@ -69,6 +71,8 @@ def _node(cfg: DictConfig, key: str) -> Any:
 
 def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfig:
     """data, attack, lipschitz, fidelity and seed of this evaluation: the command line's, else the checkpoint's."""
+    from robustlip.runs.checkpoints import CheckpointError
+
     train_eval = (train_config.get("callbacks") or {}).get("robust_evaluation") or {}
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else train_config.get("data")
     if data is None:
@@ -90,14 +94,20 @@ def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfi
 
 
 def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra: dict[str, Any]) -> RobustEvaluation:
+    """The RobustEvaluation of this command; a bad value of any of its parts is one line naming its key."""
+    from robustlip.callbacks import EpsSweep, RobustEvaluation
+
     sweep = list(cfg.eps_sweep) if cfg.get("eps_sweep") else None
+    attack = instantiate_group(setup, "attack") if setup.attack is not None else None
+    if attack is not None and hasattr(attack, "eps"):
+        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
     return RobustEvaluation(
-        attack=instantiate(setup.attack) if setup.attack is not None else None,
-        lipschitz=instantiate(setup.lipschitz) if setup.lipschitz and setup.lipschitz.get("_target_") else None,
+        attack=attack,
+        lipschitz=instantiate_group(setup, "lipschitz") if setup.lipschitz and setup.lipschitz.get("_target_") else None,
         evaluate_train=cfg.evaluate_train,
         results_file=output_dir / "results.json",
         seed=setup.seed,
-        sanity=instantiate(cfg.sanity) if cfg.get("sanity") else None,
+        sanity=instantiate_group(cfg, "sanity") if cfg.get("sanity") else None,
         eps_sweep=EpsSweep(sweep, max_batches=cfg.get("eps_sweep_max_batches")) if sweep else None,
         extra_results=extra,
     )
@@ -106,26 +116,69 @@ def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra
 def _record(cfg: DictConfig, setup: DictConfig) -> DictConfig:
     """config.yaml of the evaluation: what was evaluated and how (the chosen groups resolved into ``setup``)."""
     own = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-           for key in ("ckpt_path", "evaluate_train", "eps_sweep", "sanity", "trainer")}
+           for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "eps_sweep", "sanity", "trainer")}
     return OmegaConf.create({**own, **OmegaConf.to_container(setup)})
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from robustlip.callbacks.resume import EXIT_CODES, SignalStop
+    from robustlip.module import CheckpointedNet
+    from robustlip.reporting.tables import attack_label, print_results_table
+    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+    from robustlip.train import prepare_data
+
     output_dir = Path(cfg.paths.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path)
     train_config = checkpoint_config(ckpt)
     setup = evaluation_setup(cfg, train_config)
     module = CheckpointedNet(net_from_checkpoint(ckpt, train_config))
-    datamodule = instantiate(setup.data)
+    # The splits now, so a missing dataset or a too large data.test_size fails before any file is written.
+    datamodule = prepare_data(setup)
     extra = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "evaluated": OmegaConf.to_container(setup)}
     evaluation = build_evaluation(cfg, setup, output_dir, extra)
     save_resolved_config(_record(cfg, setup), output_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[evaluation], logger=False, enable_checkpointing=False)
-    trainer.test(module, datamodule=datamodule, verbose=False)
+    stop = SignalStop()
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[evaluation, stop], logger=False, enable_checkpointing=False)
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except SIGTERMException:
+        measured = ", ".join(f"{n} {split} examples" for split, n in (evaluation.partial or {}).get("examples", {}).items())
+        raise RunInterrupted(
+            f"interrupted by {stop.stopped_by()} during the evaluation; what was measured ({measured or 'nothing yet'}) "
+            f"is in {evaluation.partial_results_file()}; run the same command again to evaluate everything",
+            exit_code=EXIT_CODES[stop.stopped_by()],
+        ) from None
     if trainer.is_global_zero:
-        print_results_table(evaluation.metrics, title=f"{setup.data.get('name', 'data')} · {cfg.ckpt_path}")
+        attack = attack_label(evaluation.attack, setup.data.get("eps"))
+        print_results_table(evaluation.metrics, title=[
+            f"{_method(train_config)} · {setup.data.get('name', 'data')} · attack {attack}",
+            f"checkpoint: {extra['checkpoint']}",
+        ])
+        print_written(output_dir)
     return evaluation.metrics
+
+
+def _method(train_config: dict[str, Any]) -> str:
+    """The checkpoint's method as the tables name it (``TRADES(β=6)``), or its objective's name."""
+    from hydra.utils import instantiate
+
+    node = train_config.get("objective") or {}
+    try:
+        return instantiate(node).label
+    except Exception:  # noqa: BLE001 - a title must not fail on another version's objective
+        return str(node.get("name", "?"))
+
+
+def print_written(output_dir: Path) -> None:
+    """Say where the files of this command went (the folder, then the files in it)."""
+    hidden = {".hydra"}
+    names = sorted(p.name for p in Path(output_dir).iterdir() if p.name not in hidden and p.suffix != ".log")
+    print(f"wrote {Path(output_dir).resolve()}/: {', '.join(names)}", flush=True)
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -34,8 +34,8 @@ class NonFiniteWeightsError(NonFiniteLossError):
 
 
 def correct(logits: Tensor, y: Tensor) -> Tensor:
-    """1.0 where the prediction is the label, else 0.0 (per example)."""
-    return (logits.argmax(dim=1) == y).float()
+    """100.0 where the prediction is the label, else 0.0 (per example): its mean is the accuracy in percent."""
+    return (logits.argmax(dim=1) == y).float() * 100.0
 
 
 class RobustClassifier(pl.LightningModule):
@@ -54,7 +54,8 @@ class RobustClassifier(pl.LightningModule):
         self.scheduler_factory = scheduler
         # Only plain data goes into the checkpoint: the run config, already resolved to primitives.
         self.save_hyperparameters({"config": config or {}})
-        # Fractions of correct predictions, averaged over examples (no number of classes needed).
+        # Percent of correct predictions (100 or 0 per example, averaged), the unit of every accuracy robustlip
+        # reports: progress bar, CSV, wandb and results.json agree (no number of classes needed).
         self.train_acc = torchmetrics.MeanMetric()
         self.val_acc = torchmetrics.MeanMetric()
         self._last_parts: dict[str, Tensor] = {}
@@ -112,3 +113,16 @@ class RobustClassifier(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"}}
 
+
+class CheckpointedNet(pl.LightningModule):
+    """Just a trained network, for ``robustlip-eval``: ``test_step`` hands its clean logits to RobustEvaluation."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        return {"logits": self.net(batch[0])}

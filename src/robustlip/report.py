@@ -59,16 +59,19 @@ def build_report(cfg: DictConfig) -> dict[str, Any]:
         text.append(separation_markdown(separations))
     if rows:
         text.append(markdown_tables(rows, list(cfg.columns), int(cfg.decimals)))
-        text.append("Accuracies and gaps in %; mean ± std over seeds where a row has several runs.")
+        text.append("Accuracies and gaps in %; mean ± std over distinct seeds where a row has several (runs that "
+                    "repeat a seed are averaged first).")
     if failures:
         text += ["", "## Failed jobs", ""]
         text += [f"- job {f['job']} of {f['sweep']}: `{' '.join(f['overrides'])}` — {f.get('error')}" for f in failures]
     if incomplete:
         text += ["", "## Runs without results.json", ""] + [f"- {p}" for p in incomplete]
+    plots = write_plots(out_dir, rows) if cfg.plots else []
+    if plots:  # report.md sits next to its plots: relative links show them in any Markdown viewer
+        text += ["", "## Plots", ""] + [f"![{path.stem}]({path.name})" for path in plots]
     markdown = "\n".join(text) + "\n"
     write_text_atomic(out_dir / "report.md", markdown)
     write_csv(out_dir / "table.csv", rows, list(cfg.columns))
-    plots = write_plots(out_dir, rows) if cfg.plots else []
     return {"out_dir": out_dir, "markdown": markdown, "rows": rows, "runs": runs, "plots": plots,
             "failures": failures, "incomplete": incomplete, "separations": separations}
 

@@ -23,35 +23,41 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from robustlip.cli import entry_point
-from robustlip.data.arrays import load_arrays
-from robustlip.metrics.separation import (
-    SPLITS,
-    check_skip_smallest,
-    closest_pairs,
-    kept_indices,
-    nearest_other_class,
-    summarize,
-)
-from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
 from robustlip.runs.config import save_resolved_config
 from robustlip.runs.files import write_json_atomic
 from robustlip.runs.loggers import build_loggers, finish_wandb
+
+# numpy, numba, torch and matplotlib are imported inside `separation`, so that `robustlip-separation --help`
+# and a config error answer without loading them (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
 
 def separation(cfg: DictConfig) -> dict[str, Any]:
     """Compute both splits as ``cfg`` says, write the files, return the contents of separation.json."""
+    import numpy as np
+
+    from robustlip.data.arrays import load_arrays
+    from robustlip.metrics.separation import (
+        check_skip_smallest,
+        closest_pairs,
+        kept_indices,
+        nearest_other_class,
+        summarize,
+    )
+    from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
+    from robustlip.train import prepare_data
+
     output_dir = Path(cfg.paths.output_dir)
     skip = check_skip_smallest(cfg.get("skip_smallest"))
+    # The checks first (dataset present, loggers usable), then the first file (docs/reliability.md).
+    datamodule = prepare_data(cfg)
+    # The shared wandb group names a training objective; a separation run has none.
+    loggers = build_loggers(cfg, group=f"{cfg.data.name}-separation")
     save_resolved_config(cfg, output_dir)
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
     workers = int(cfg.data.get("num_workers", 0))
     x_train, y_train = load_arrays(datamodule.train_eval_set, num_workers=workers)
     x_test, y_test = load_arrays(datamodule.test_set, num_workers=workers)
@@ -72,7 +78,7 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
         "drop_indices": sorted(int(i) for i in cfg.get("drop_indices") or []),
         "splits": {},
     }
-    images: dict[str, dict[str, np.ndarray]] = {"train_train": {}, "test_train": {}}
+    images: dict[str, dict[str, Any]] = {"train_train": {}, "test_train": {}}
     for split, (xq, yq, qid) in queries.items():
         start = time.perf_counter()
         result = nearest_other_class(xq, yq, x_ref, y_ref, engine=str(cfg.get("engine", "auto")),
@@ -100,7 +106,10 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
                                              tuple(datamodule.input_shape), split)
     write_json_atomic(output_dir / "separation.json", payload)
     print_separation_table(payload)
-    _log_to_loggers(cfg, payload, output_dir)
+    _log_to_loggers(loggers, payload, output_dir)
+    from robustlip.evaluate import print_written
+
+    print_written(output_dir)
     return payload
 
 
@@ -113,14 +122,13 @@ def summary_metrics(payload: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _log_to_loggers(cfg: DictConfig, payload: dict[str, Any], output_dir: Path) -> None:
+def _log_to_loggers(loggers: list[Any], payload: dict[str, Any], output_dir: Path) -> None:
     """Send the summary to every configured logger, and the figures to wandb when it is one of them."""
     metrics = summary_metrics(payload)
-    # The shared wandb group names a training objective; a separation run has none.
-    for logger in build_loggers(cfg, group=f"{cfg.data.name}-separation"):
+    for logger in loggers:
         logger.log_metrics(metrics)
         if hasattr(logger, "log_image"):
-            for split in SPLITS:
+            for split in payload["splits"]:
                 logger.log_image(key=f"{split}/histogram", images=[str(output_dir / f"{split}_hist.png")])
                 logger.log_image(key=f"{split}/closest_pairs", images=[str(output_dir / f"{split}_closest_pairs.png")])
             logger.experiment.summary.update(metrics)

@@ -11,35 +11,37 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robustlip.callbacks.reproducibility import ReproducibleRandomness
-from robustlip.callbacks.resume import ResumeCheckpoint
-from robustlip.callbacks.robust_evaluation import RobustEvaluation
-from robustlip.cli import entry_point
-from robustlip.module import NonFiniteLossError, RobustClassifier
-from robustlip.reporting.tables import print_results_table
-from robustlip.runs.checkpoints import (
-    AtomicCheckpointIO,
-    check_compatible,
-    last_checkpoint,
-    load_checkpoint,
-    resolve_ckpt_path,
-)
+from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrides
 from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
-from robustlip.runs.errors import ConfigError, RunInterrupted, check_writable_dir
+from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
 from robustlip.runs.loggers import build_loggers, finish_wandb, keep_csv_history
 from robustlip.runs.self_training import prepare_self_training
 
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+    from robustlip.module import RobustClassifier
+
+# torch, Lightning and the science modules are imported inside the functions that use them, so that
+# `robustlip-train --help`, `--cfg job` and a misspelled option answer without loading them
+# (docs/performance.md, "Start-up of the commands").
+
 log = logging.getLogger(__name__)
+
+#: The console command of this module (named in the resume command it prints).
+COMMAND = "robustlip-train"
 
 
 def build_module(cfg: DictConfig) -> RobustClassifier:
     """The LightningModule of a run: network + objective + optimizer/scheduler factories."""
+    from robustlip.module import RobustClassifier
+
     scheduler = (
         instantiate_group(cfg, "scheduler") if cfg.get("scheduler") and cfg.scheduler.get("_target_") else None
     )
@@ -57,19 +59,32 @@ def _uses_run_attack(node: DictConfig) -> bool:
     return "attack" in node and OmegaConf.to_container(node, resolve=False)["attack"] == "${attack}"
 
 
+def build_attack(cfg: DictConfig):
+    """The evaluation attack of ``cfg.attack``; its ε must be ``data.eps`` unless ``allow_eps_mismatch=true``."""
+    attack = instantiate_group(cfg, "attack")
+    if hasattr(attack, "eps"):
+        check_attack_eps(attack.eps, cfg.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
+    return attack
+
+
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Every callback of a run: seeded randomness and resumable checkpoints first, then ``cfg.callbacks`` and ``perf``.
 
     The evaluation attack is built from ``cfg.attack`` (so a bad ``attack.*`` value is named as such),
     and only when the robust evaluation runs.
     """
+    from robustlip.callbacks.reproducibility import ReproducibleRandomness
+    from robustlip.callbacks.resume import ResumeCheckpoint
+
     callbacks: list[pl.Callback] = [ReproducibleRandomness(cfg.seed), ResumeCheckpoint(cfg.paths.output_dir)]
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None or not node.get("_target_"):
             continue
         if name == "robust_evaluation" and not cfg.get("evaluate", True):
             continue
-        extra = {"attack": instantiate_group(cfg, "attack")} if _uses_run_attack(node) else {}
+        if name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True):
+            continue  # trainer.enable_progress_bar=false alone turns the bar off (Lightning refuses a bar callback then)
+        extra = {"attack": build_attack(cfg)} if _uses_run_attack(node) else {}
         callbacks.append(instantiate_group(cfg, f"callbacks.{name}", **extra))
     perf = cfg.get("perf")
     if perf is not None and perf.get("_target_"):
@@ -89,53 +104,162 @@ def prepare_data(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
+def check_optimizer(module: RobustClassifier) -> None:
+    """Build the optimizer and the scheduler once now (and drop them), so that a bad ``optimizer.lr`` or a run
+    length the schedule cannot take fails before anything is written, not when ``trainer.fit`` starts."""
+    try:
+        module.configure_optimizers()
+    except ConfigError:
+        raise
+    except ValueError as exc:  # torch's own range checks, e.g. "Invalid learning rate: -1"
+        raise ConfigError(f"optimizer: {exc}") from exc
+
+
+def build_trainer(cfg: DictConfig, **kwargs) -> pl.Trainer:
+    """The Trainer of ``cfg.trainer``; a value Lightning refuses (``trainer.max_epochs=-2``) is one ConfigError line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, MisconfigurationException):
+            raise ConfigError(f"trainer: {exc.__cause__}") from exc
+        raise
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """The run directory: Hydra's, or — for ``ckpt_path=last`` without ``hydra.run.dir`` — the newest interrupted
+    run of the same overrides next to it, where the run then continues (its files, its log)."""
+    from robustlip.runs.checkpoints import find_interrupted_run, last_checkpoint
+
+    output_dir = check_writable_dir("paths.output_dir", cfg.paths.output_dir)
+    if str(cfg.get("ckpt_path")) != "last" or last_checkpoint(output_dir).is_file() or run_dir_given():
+        return output_dir
+    found = find_interrupted_run(output_dir.parent, task_overrides() or [], exclude=output_dir)
+    log.info("ckpt_path=last: continuing the interrupted run %s", found)
+    move_run_dir(found)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(found)  # every ${paths.output_dir} (checkpoints, logs, results) follows
+    return check_writable_dir("paths.output_dir", found)
+
+
+def resume_command(output_dir: os.PathLike | str) -> str:
+    """The one command that resumes this run where it stopped: the same overrides, its run dir, ``ckpt_path=last``."""
+    from robustlip.runs.checkpoints import same_run_overrides
+
+    overrides = task_overrides()
+    if overrides is None:  # not started from the command line
+        return f"the same command plus hydra.run.dir={output_dir} ckpt_path=last"
+    return shlex.join([COMMAND, *same_run_overrides(overrides), f"hydra.run.dir={output_dir}", "ckpt_path=last"])
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return the final metrics (also in ``results.json``)."""
-    output_dir = check_writable_dir("paths.output_dir", cfg.paths.output_dir)
+    import pytorch_lightning as pl
+
+    from robustlip.callbacks.resume import SignalStop
+    from robustlip.callbacks.robust_evaluation import RobustEvaluation
+    from robustlip.callbacks.training_health import TrainingHealth
+    from robustlip.reporting.tables import attack_label, print_results_table
+    from robustlip.runs.checkpoints import (
+        AtomicCheckpointIO,
+        check_compatible,
+        load_checkpoint,
+        resolve_ckpt_path,
+    )
+
+    output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = prepare_data(cfg)
     module = build_module(cfg)
+    check_optimizer(module)
     if ckpt_path is not None:
         check_compatible(load_checkpoint(ckpt_path), cfg, module, path=ckpt_path)
         log.info("resuming from %s", ckpt_path)
     # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
     prepare_self_training(module.objective, datamodule, output_dir)
     callbacks = build_callbacks(cfg)
+    stop = SignalStop()
     loggers = build_loggers(cfg)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    trainer = build_trainer(cfg, callbacks=[*callbacks, stop], logger=loggers, plugins=[AtomicCheckpointIO()])
     # Only now, with every check passed, does this run write into the run directory.
     save_resolved_config(cfg, output_dir)
     keep_csv_history(loggers)
+    evaluation = next((c for c in callbacks if isinstance(c, RobustEvaluation)), None)
+    health = next((c for c in callbacks if isinstance(c, TrainingHealth)), None)
     try:
-        fit(trainer, module, datamodule, ckpt_path, output_dir)
+        fit(trainer, module, datamodule, ckpt_path, output_dir, stop)
         metrics: dict[str, float] = {}
+        warnings = list(health.warnings) if health is not None else []
         if cfg.get("evaluate", True):
+            if evaluation is not None and health is not None:  # into results.json, beside the test's own check
+                evaluation.warnings.extend(health.warnings)
+                evaluation.advice = health.advice()
             # The paper evaluates the final-epoch model (docs/authors-code.md §4): no checkpoint selection here.
-            trainer.test(module, datamodule=datamodule, verbose=False)
-            evaluation = next((c for c in callbacks if isinstance(c, RobustEvaluation)), None)
+            final_evaluation(trainer, module, datamodule, evaluation, output_dir, stop)
             metrics = dict(evaluation.metrics) if evaluation is not None else {}
+            warnings = list(evaluation.warnings) if evaluation is not None else warnings
         if trainer.is_global_zero and metrics:
-            print_results_table(metrics, title=f"{cfg.data.name} · {cfg.objective.name} · {output_dir}")
+            attack = evaluation.attack if evaluation is not None else None
+            print_results_table(metrics, title=[
+                f"{module.objective.label} · {cfg.data.name} · attack {attack_label(attack, cfg.data.eps)}",
+                f"run: {output_dir.resolve()}",
+            ], warnings=warnings)
         return metrics
     finally:
         finish_wandb()
 
 
 def fit(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningDataModule, ckpt_path: str | None,
-        output_dir: os.PathLike | str) -> None:
-    """``trainer.fit``, with its two known failures told in one line each: where the state is, how to go on."""
+        output_dir: os.PathLike | str, stop=None) -> None:
+    """``trainer.fit``, with its known failures told in one line each: where the state is, how to go on."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from robustlip.callbacks.resume import EXIT_CODES, ResumeCheckpoint
+    from robustlip.module import NonFiniteLossError
+    from robustlip.runs.checkpoints import last_checkpoint
+
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
+        name = stop.stopped_by() if stop is not None else "SIGTERM"
+        saver = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
+        where = f" at {saver.position}" if saver is not None and saver.position else ""
         raise RunInterrupted(
-            f"interrupted by SIGTERM; the training state was saved to {last_checkpoint(output_dir)}. Resume with the "
-            f"same command plus hydra.run.dir={output_dir} ckpt_path=last (or resume=auto)"
+            f"interrupted by {name}{where}; the training state was saved to {last_checkpoint(output_dir)}. "
+            f"Resume with: {resume_command(output_dir)}", exit_code=EXIT_CODES[name],
         ) from None
     except NonFiniteLossError as exc:
         last = last_checkpoint(output_dir)
         kept = f"; the last good checkpoint is kept: {last}" if last.is_file() else "; no checkpoint had been saved yet"
         raise type(exc)(f"{exc}{kept}") from exc
+
+
+def final_evaluation(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningDataModule,
+                     evaluation, output_dir: os.PathLike | str, stop=None) -> None:
+    """``trainer.test``; a SIGTERM or Ctrl-C stops it at the next batch, keeps what was measured and says how to finish."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from robustlip.callbacks.resume import EXIT_CODES
+    from robustlip.runs.checkpoints import last_checkpoint
+
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    except SIGTERMException:
+        name = stop.stopped_by() if stop is not None else "SIGTERM"
+        last = last_checkpoint(output_dir).resolve()
+        partial = evaluation.partial_results_file() if evaluation is not None else None
+        measured = ", ".join(f"{n} {split} examples" for split, n in (evaluation.partial or {}).get("examples", {}).items()) \
+            if evaluation is not None else ""
+        kept = f"; what was measured ({measured or 'nothing yet'}) is in {partial}" if partial is not None else ""
+        raise RunInterrupted(
+            f"interrupted by {name} during the final evaluation; training had finished and the final model is {last}"
+            f"{kept}. Finish the evaluation with: {shlex.join(['robustlip-eval', f'ckpt_path={last}', 'sanity=null'])}",
+            exit_code=EXIT_CODES[name],
+        ) from None
 
 
 def run(cfg: DictConfig) -> float | None:

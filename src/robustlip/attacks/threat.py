@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from robustlip.runs.errors import check_choice, check_non_negative
+from robustlip.runs.errors import ConfigError, check_choice, check_non_negative
 
 NORMS = ("inf", "2")
 
@@ -57,6 +57,15 @@ class LinfThreat(ThreatModel):
     """ℓ∞ ball: coordinate-wise clipping; the steepest step is the sign of the gradient (docs/authors-code.md §6.1-6.2)."""
 
     norm = "inf"
+
+    def __init__(self, eps: float) -> None:
+        super().__init__(eps)
+        if self.eps > 1.0:
+            # Inputs are images in [0, 1] (models normalise inside): an ℓ∞ radius above 1 is no threat model at all.
+            raise ConfigError(
+                f"eps={eps!r} is not allowed; an ℓ∞ radius is in pixel units and must be in [0, 1] "
+                "(inputs are in [0, 1]; the paper's radii are 0.1 to 0.3 for MNIST, 0.031 for CIFAR-10)"
+            )
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         delta = torch.clamp(x_adv - x, -self.eps, self.eps)

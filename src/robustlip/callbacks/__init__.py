@@ -1,5 +1,5 @@
 """Every Lightning callback of robustlip: the robust evaluation and its probes, reproducibility,
-resumable checkpoints, performance switches and the wandb results view."""
+resumable checkpoints, the training health check, performance switches and the wandb results view."""
 
 from robustlip.callbacks.eps_sweep import EpsSweep, Probe
 from robustlip.callbacks.feature_selection import CorrelationMask
@@ -8,6 +8,7 @@ from robustlip.callbacks.performance import PerformanceSwitches
 from robustlip.callbacks.reproducibility import ReproducibleRandomness
 from robustlip.callbacks.resume import ResumeCheckpoint
 from robustlip.callbacks.robust_evaluation import RobustEvaluation
+from robustlip.callbacks.training_health import TrainingHealth
 from robustlip.callbacks.tsipras import TsiprasTheory
 from robustlip.callbacks.wandb_results import WandbResults
 
@@ -21,6 +22,7 @@ __all__ = [
     "ReproducibleRandomness",
     "ResumeCheckpoint",
     "RobustEvaluation",
+    "TrainingHealth",
     "TsiprasTheory",
     "WandbResults",
 ]

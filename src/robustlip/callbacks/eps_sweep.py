@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
-from robustlip.attacks.variants import with_eps
+from robustlip.attacks.variants import unsupported, with_eps
 from robustlip.metrics.accuracy import CorrectFraction
 from robustlip.reporting.plots import plot_curve
 from robustlip.runs.errors import ConfigError
@@ -36,6 +36,10 @@ class Probe(nn.Module):
     def __init__(self, max_batches: int | None = None) -> None:
         super().__init__()
         self.max_batches = max_batches
+
+    def prepare(self, attack: Attack) -> None:
+        """Check, before any work, what this probe can run with ``attack``: raise ConfigError for what the user
+        asked and cannot have, log a skipped part that does not apply (nothing by default)."""
 
     def wants(self, batch_idx: int) -> bool:
         return self.max_batches is None or batch_idx < self.max_batches
@@ -104,6 +108,14 @@ class EpsSweep(Probe):
         super().__init__(max_batches)
         self.curve = AccuracyCurve(eps)
         self.filename = filename
+
+    def prepare(self, attack: Attack) -> None:
+        reason = unsupported(attack, "eps")
+        if reason is not None:
+            raise ConfigError(
+                f"eps_sweep: attack={type(attack).__name__} cannot be run at other radii ({reason}); use an attack with "
+                "a threat model and a step size (pgd, fgsm, multi_targeted), or eps_sweep=null"
+            )
 
     def observe(self, model, x, y, attack, clean, adv) -> None:
         self.curve.update(model, x, y, attack, adv, clean)

@@ -14,6 +14,10 @@ configured one (``variants``):
 "Noise" is ``max(min_tolerance, z · 100·sqrt(p(1−p)/n))`` percentage points, a z-standard-error band
 of a binomial proportion at the larger of the two accuracies compared. Failures are written to
 ``results.json`` (section ``sanity``) and raised as :class:`GradientMaskingWarning`.
+
+A check needs a variant of the attack (``attacks/variants.py``); one that the attack cannot have (an
+attack without a step size has no ε variant) is skipped with one logged line, decided before any work
+(:meth:`GradientMaskingChecks.prepare`), and listed under ``skipped`` in the section.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
-from robustlip.attacks.variants import fgsm_like, with_steps
+from robustlip.attacks.variants import fgsm_like, steps_of, unsupported, with_steps
 from robustlip.callbacks.eps_sweep import AccuracyCurve, Probe, adversarial_logits
 from robustlip.metrics.accuracy import CorrectFraction
 
@@ -65,24 +69,41 @@ class GradientMaskingChecks(Probe):
         # Built at the first batch, when the attack's ε is known.
         self.curve: AccuracyCurve | None = None
         self.attack_steps: int | None = None
+        self.observed = 0
+        #: Checks that do not apply to the attack, with the reason (set by ``prepare``).
+        self.skipped: dict[str, str] = {}
+
+    def prepare(self, attack: Attack) -> None:
+        variants = {"decreasing_in_eps": "eps", "near_zero_at_large_eps": "eps", "more_steps": "steps",
+                    "not_weaker_than_fgsm": "fgsm"}
+        self.skipped = {}
+        for check, variant in variants.items():
+            reason = unsupported(attack, variant)
+            if reason is not None:
+                self.skipped[check] = reason
+                log.info("gradient-masking check '%s' skipped: %s", check, reason)
 
     def observe(self, model: nn.Module, x: Tensor, y: Tensor, attack: Attack, clean: Tensor, adv: Tensor | None) -> None:
         if adv is None:
             return
-        if self.curve is None:
-            radii = {0.0, attack.eps, self.large_eps, *(f * attack.eps for f in self.eps_factors)}
-            self.curve = AccuracyCurve(sorted(radii)).to(x.device)
-        self.curve.update(model, x, y, attack, adv, clean)
+        self.observed += int(y.numel())
         self.attack_acc.update(adv, y)
-        if hasattr(attack, "steps"):
-            self.attack_steps = attack.steps
-            stronger = with_steps(attack, attack.steps * self.steps_factor)
+        if "decreasing_in_eps" not in self.skipped:
+            if self.curve is None:
+                radii = {0.0, attack.eps, self.large_eps, *(f * attack.eps for f in self.eps_factors)}
+                self.curve = AccuracyCurve(sorted(radii)).to(x.device)
+            self.curve.update(model, x, y, attack, adv, clean)
+        if "more_steps" not in self.skipped:
+            self.attack_steps = steps_of(attack)
+            stronger = with_steps(attack, self.attack_steps * self.steps_factor)
             self.more_steps_acc.update(adversarial_logits(model, stronger, x, y), y)
-        self.fgsm_acc.update(adversarial_logits(model, fgsm_like(attack), x, y), y)
+        if "not_weaker_than_fgsm" not in self.skipped:
+            self.fgsm_acc.update(adversarial_logits(model, fgsm_like(attack), x, y), y)
 
     def reset(self) -> None:
         super().reset()
         self.curve = None
+        self.observed = 0
 
     # -- the verdicts -------------------------------------------------------------------------------
     def tolerance(self, *accuracies: float) -> float:
@@ -91,17 +112,18 @@ class GradientMaskingChecks(Probe):
         return max(self.min_tolerance, self.z * 100.0 * math.sqrt(p * (1.0 - p) / max(n, 1)))
 
     def results(self) -> dict[str, Any]:
-        if self.curve is None:
-            return {"n": 0, "checks": {}, "passed": None}
-        points = self.curve.points()
+        if self.observed == 0:
+            return {"n": 0, "checks": {}, "passed": None, **({"skipped": self.skipped} if self.skipped else {})}
         attack = self.attack_acc.compute().item()
-        checks = {
-            "decreasing_in_eps": self._decreasing(points),
-            "near_zero_at_large_eps": self._near_zero(points),
-            "not_weaker_than_fgsm": self._versus(
+        checks: dict[str, Any] = {}
+        points = self.curve.points() if self.curve is not None else None
+        if points is not None:
+            checks["decreasing_in_eps"] = self._decreasing(points)
+            checks["near_zero_at_large_eps"] = self._near_zero(points)
+        if self.fgsm_acc.total > 0:
+            checks["not_weaker_than_fgsm"] = self._versus(
                 "fgsm_acc", self.fgsm_acc.compute().item(), attack, "the attack leaves more points correct than FGSM"
-            ),
-        }
+            )
         if self.more_steps_acc.total > 0:
             more = self.more_steps_acc.compute().item()
             checks["more_steps"] = self._versus(
@@ -109,11 +131,12 @@ class GradientMaskingChecks(Probe):
                 f"{self.steps_factor}x the steps beats the attack"
             )
         return {
-            "n": self.curve.count(),
+            "n": int(self.attack_acc.total),
             "attack_acc": attack,
-            "curve": points,
+            **({"curve": points} if points is not None else {}),
             "checks": checks,
-            "passed": all(check["passed"] for check in checks.values()),
+            **({"skipped": self.skipped} if self.skipped else {}),
+            "passed": all(check["passed"] for check in checks.values()) if checks else None,
         }
 
     def _decreasing(self, points: list[dict[str, float]]) -> dict[str, Any]:

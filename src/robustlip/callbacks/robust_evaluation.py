@@ -12,10 +12,12 @@ gradient-masking checks) in their own sections. During fitting it can also attac
 every ``val_every_n_epochs`` epochs and log ``val/adv_acc`` (monitor it with a ``ModelCheckpoint``
 whose ``every_n_epochs`` is the same N; ``conf/callbacks/adv_checkpoint.yaml`` does that).
 
-Reproducibility: every batch's attack and Lipschitz randomness is drawn from a generator seeded with
-``(seed, split, batch index)`` inside ``torch.random.fork_rng``. So the numbers depend on the model,
-the data and the seed only — not on what ran before (``robustlip-eval`` on a checkpoint reproduces
-the training run's numbers), and evaluating never shifts the training run's own random stream.
+Reproducibility: every measurement of every batch (the attack's random start, the Lipschitz search's
+start, each probe) draws from its own stream, seeded with ``(seed, split, batch index, measurement
+name)`` inside ``torch.random.fork_rng``. So the numbers depend on the model, the data and the seed
+only — not on what ran before (``robustlip-eval`` on a checkpoint reproduces the training run's
+numbers), not on which other measurements ran (the Lipschitz estimate of a checkpoint is the same
+whichever attack is chosen), and evaluating never shifts the training run's own random stream.
 
 Exactness: counts and sums are sum-state torchmetrics. On one device the test set comes from
 Lightning's test loop. On several, Lightning's distributed sampler would pad the test set with
@@ -31,13 +33,15 @@ Trainer's ``inference_mode`` is left on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
@@ -47,7 +51,7 @@ from robustlip.metrics.accuracy import AdversarialAccuracy, CleanAccuracy, Corre
 from robustlip.metrics.base import EvalBatch, ExampleMetric, SumState
 from robustlip.runs.errors import ConfigError
 from robustlip.runs.files import write_json_atomic
-from robustlip.runs.results import RESULT_KEYS, with_gaps
+from robustlip.runs.results import RESULT_KEYS, chance_band, with_gaps
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +60,19 @@ SPLIT_STREAMS = {"test": 0, "train": 1, "val": 2}
 
 
 @contextmanager
-def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device) -> Iterator[None]:
-    """Run a block on its own random stream, restoring the global one afterwards (None: no seeding)."""
+def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device, measurement: str = "") -> Iterator[None]:
+    """Run a block on its own random stream, restoring the global one afterwards (None: no seeding).
+
+    ``measurement`` (a metric's or probe's name) gives each measurement of a batch a stream of its own,
+    so one measurement's draws never depend on how many another one made before it.
+    """
     if seed is None:
         yield
         return
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    stream = zlib.crc32(measurement.encode()) if measurement else 0
     with torch.random.fork_rng(devices=devices, device_type="cuda"):
-        torch.manual_seed((int(seed) * 1_000_003 + SPLIT_STREAMS[split] * 7_919 + batch_idx) % (2**63))
+        torch.manual_seed((int(seed) * 1_000_003 + SPLIT_STREAMS[split] * 7_919 + batch_idx + stream * 104_729) % (2**63))
         yield
 
 
@@ -95,17 +104,20 @@ class SplitMeter(nn.Module):
         self.metrics = list(metrics)
         self.states = nn.ModuleDict({metric.name: SumState(metric) for metric in self.metrics})
 
-    def update(self, model: nn.Module, x: Tensor, y: Tensor, logits: Tensor | None = None) -> EvalBatch:
+    def update(self, model: nn.Module, x: Tensor, y: Tensor, logits: Tensor | None = None,
+               stream: Callable[[str], AbstractContextManager] | None = None) -> EvalBatch:
         """Measure one batch with every metric, in order; returns the batch (clean and adversarial logits).
 
         ``logits`` are f(x) if the caller already has them (e.g. from ``test_step``): the clean
-        forward pass is done once per batch and shared by every metric.
+        forward pass is done once per batch and shared by every metric. ``stream(name)``, if given, is
+        the random stream each metric runs in.
         """
         with torch.no_grad():
             clean = model(x) if logits is None else logits
         batch = EvalBatch(model, x, y, clean)
         for metric in self.metrics:
-            self.states[metric.name].update(metric.per_example(batch))
+            with stream(metric.name) if stream is not None else nullcontext():
+                self.states[metric.name].update(metric.per_example(batch))
         return batch
 
     def compute(self, prefix: str) -> dict[str, float]:
@@ -169,6 +181,9 @@ class RobustEvaluation(pl.Callback):
         self.val_max_batches = val_max_batches
         self.seed = seed
         self.probes: list[Probe] = [p for p in (sanity, eps_sweep) if p is not None]
+        if attack is not None:
+            for probe in self.probes:  # what each probe can run with this attack, decided before any work
+                probe.prepare(attack)
         self.extra_results = dict(extra_results or {})
         extra = list(metrics.values()) if isinstance(metrics, Mapping) else list(metrics or [])
         #: The metric objects measured on every split, in order (the attack's random start first).
@@ -182,6 +197,14 @@ class RobustEvaluation(pl.Callback):
         if len(set(names)) != len(names):
             raise ConfigError(f"callbacks.robust_evaluation.metrics: two metrics share a name in {names}; rename one")
         self.test_meter = SplitMeter(self.measurements)
+        #: Warnings for results.json and the final table: a training run's (TrainingHealth's, added by
+        #: robustlip-train before the test) and a test accuracy at chance; ``advice`` is appended to the latter.
+        self.warnings: list[str] = []
+        self.advice: str | None = None
+        self.num_classes: int | None = None
+        #: The meters of the splits measured so far in this test (kept when a signal stops it).
+        self._meters: dict[str, SplitMeter] = {}
+        self.partial: dict[str, Any] | None = None
         self.val_adv_acc = CorrectFraction()
         self.metrics: dict[str, float] = {}
         self.sections: dict[str, Any] = {}
@@ -224,6 +247,7 @@ class RobustEvaluation(pl.Callback):
         return trainer.world_size > 1
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._meters = {"test": self.test_meter}
         with outside_inference_mode():
             self.test_meter.to(pl_module.device)
             self.test_meter.reset()
@@ -238,20 +262,33 @@ class RobustEvaluation(pl.Callback):
         self._measure(pl_module, self.test_meter, x, y, "test", batch_idx, _batch_logits(outputs))
 
     def _measure(self, model, meter: SplitMeter, x, y, split: str, batch_idx: int, logits=None) -> None:
-        with outside_inference_mode(), seeded(self.seed, split, batch_idx, model.device):
+        def stream(name: str) -> AbstractContextManager:
+            return seeded(self.seed, split, batch_idx, model.device, name)
+
+        with outside_inference_mode():
             x, y = x.clone(), y.clone()
-            batch = meter.update(model, x, y, logits)
+            batch = meter.update(model, x, y, logits, stream)
+            self.num_classes = int(batch.logits.shape[1])
             if split == "test" and self.attack is not None:
                 adv = batch.adversarial.get(AdversarialAccuracy.name)
                 for probe in self.probes:
                     if probe.wants(batch_idx):
-                        probe.observe(model, x, y, self.attack, batch.logits, adv)
+                        with stream(f"probe:{probe.section}"):
+                            probe.observe(model, x, y, self.attack, batch.logits, adv)
 
-    def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None) -> SplitMeter:
-        """One pass over ``loader`` measuring the same three numbers as the test loop."""
+    def measure_loader(self, model: pl.LightningModule, loader: Iterable, split: str, meter: SplitMeter | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> SplitMeter:
+        """One pass over ``loader`` measuring the same three numbers as the test loop.
+
+        ``should_stop`` is asked before every batch (the Trainer's SIGTERM/SIGINT flag): a stop request
+        ends the pass at once with Lightning's ``SIGTERMException``, what is measured so far kept.
+        """
         with outside_inference_mode():
             meter = meter if meter is not None else SplitMeter(self.measurements).to(model.device)
+        self._meters[split] = meter
         for batch_idx, (x, y) in enumerate(loader):
+            if should_stop is not None and should_stop():
+                raise SIGTERMException
             self._measure(model, meter, x.to(model.device), y.to(model.device), split, batch_idx)
         return meter
 
@@ -262,19 +299,21 @@ class RobustEvaluation(pl.Callback):
             if datamodule is None:
                 raise RuntimeError("RobustEvaluation on several devices shards datamodule.test_dataloader() itself; "
                                    "pass a datamodule to trainer.test, not bare dataloaders")
-            self.measure_loader(pl_module, unrepeated_shard(datamodule.test_dataloader(), rank, world), "test", self.test_meter)
+            self.measure_loader(pl_module, unrepeated_shard(datamodule.test_dataloader(), rank, world), "test", self.test_meter,
+                                should_stop=lambda: trainer.received_sigterm)
         with outside_inference_mode():
             metrics = self.test_meter.compute("test")
             self.counts = {"test": self.test_meter.count()}
             if self.evaluate_train and datamodule is not None and hasattr(datamodule, "train_eval_dataloader"):
                 loader = unrepeated_shard(datamodule.train_eval_dataloader(), rank, world)
-                train_meter = self.measure_loader(pl_module, loader, "train")
+                train_meter = self.measure_loader(pl_module, loader, "train", should_stop=lambda: trainer.received_sigterm)
                 metrics.update(train_meter.compute("train"))
                 self.counts["train"] = train_meter.count()
             elif self.evaluate_train:
                 log.warning("no datamodule with train_eval_dataloader(): train/* metrics and gaps are skipped")
             self.sections = {probe.section: probe.results() for probe in self.probes}
         self.metrics = with_gaps(metrics)
+        self._check_chance()
         for name, value in self.metrics.items():
             pl_module.log(name, value, sync_dist=False, rank_zero_only=True)
         if trainer.is_global_zero:
@@ -282,6 +321,42 @@ class RobustEvaluation(pl.Callback):
                 probe.report(self.sections[probe.section])
             if self.results_file is not None:
                 self.write_results(trainer)
+
+    # -- a stop request (SIGTERM, Ctrl-C) during the evaluation: keep what is measured ------------
+    def partial_results_file(self) -> Path | None:
+        return None if self.results_file is None else self.results_file.with_name("results.partial.json")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "test" or not trainer.is_global_zero:
+            return
+        path = self.partial_results_file()
+        if path is None:
+            return
+        with outside_inference_mode():
+            metrics: dict[str, float] = {}
+            counts = {}
+            for split, meter in self._meters.items():
+                if meter.count() > 0:
+                    metrics.update(meter.compute(split))
+                    counts[split] = meter.count()
+        self.partial = {"complete": False, "metrics": with_gaps(metrics), "examples": counts,
+                        "attack": repr(self.attack), "lipschitz": repr(self.lipschitz), "seed": self.seed,
+                        **self.extra_results}
+        write_json_atomic(path, self.partial)
+        log.warning("evaluation stopped by a signal; what was measured (%s) is in %s",
+                    ", ".join(f"{n} {k} examples" for k, n in counts.items()) or "nothing", path)
+
+    def _check_chance(self) -> None:
+        """Warn when the clean test accuracy cannot be told from guessing (a run that exits 0 but learned nothing)."""
+        acc = self.metrics.get("test/acc")
+        if acc is None or not self.num_classes or any("chance level" in w for w in self.warnings):
+            return
+        chance, ceiling = chance_band(self.num_classes, self.counts.get("test"))
+        if acc <= ceiling:
+            warning = (f"test/acc is {acc:.1f} %, chance level for {self.num_classes} classes ({chance:.1f} %): the model "
+                       f"predicts no better than guessing{'; ' + self.advice if self.advice else ''}")
+            log.warning(warning)
+            self.warnings.append(warning)
 
     def write_results(self, trainer: pl.Trainer) -> Path:
         ordered = {key: self.metrics[key] for key in RESULT_KEYS if key in self.metrics}
@@ -293,6 +368,7 @@ class RobustEvaluation(pl.Callback):
             "seed": self.seed,
             "examples": self.counts,
             "epochs_trained": trainer.current_epoch,
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
             **self.sections,
             **self.extra_results,
         }

@@ -223,8 +223,9 @@ class RobustDataModule(pl.LightningDataModule):
         self.unlabeled_eval_set = Subset(splits.train_eval, pool_idx) if pool_idx else None
         # Validation images come from the un-augmented view: val metrics should not be noisy.
         self.val_set = Subset(splits.train_eval, val_idx)
-        self.train_eval_set = self._first(Subset(splits.train_eval, train_idx), self.train_eval_size, self.seed + 1)
-        self.test_set = self._first(splits.test, self.test_size, self.seed + 2)
+        self.train_eval_set = self._first(Subset(splits.train_eval, train_idx), self.train_eval_size, self.seed + 1,
+                                          "data.train_eval_size", "training set (after the validation split)")
+        self.test_set = self._first(splits.test, self.test_size, self.seed + 2, "data.test_size", "test set")
 
     def _pool(self, outside: list[int]) -> list[int]:
         """The unlabeled pool: all of ``outside``, or a seeded random subset of ``data.unlabeled`` of them.
@@ -301,9 +302,18 @@ class RobustDataModule(pl.LightningDataModule):
         return sorted(idx[torch.from_numpy(order[:size])].tolist())
 
     @staticmethod
-    def _first(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-        """A fixed, seeded subset of ``size`` examples (the whole set when ``size`` is None)."""
-        if size is None or size >= len(dataset):
+    def _first(dataset: Dataset, size: int | None, seed: int, key: str = "size", what: str = "set") -> Dataset:
+        """A fixed, seeded subset of ``size`` examples (the whole set when ``size`` is None).
+
+        A size larger than the set is refused rather than silently cut: a table would otherwise report
+        numbers over fewer examples than the user asked for.
+        """
+        if size is not None and size > len(dataset):
+            raise ConfigError(
+                f"{key}={size} is larger than the {what}, which has {len(dataset)} examples; choose at most "
+                f"{len(dataset)}, or null for all of them"
+            )
+        if size is None or size == len(dataset):
             return dataset
         pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size]
         return Subset(dataset, sorted(pick.tolist()))

@@ -26,6 +26,29 @@ def _slug(text: str) -> str:
     return "_".join("".join(ch if ch.isalnum() else " " for ch in text).split()) or "runs"
 
 
+def scatter_figure(table: str, points: Sequence[tuple[Row, list[tuple[float, float]]]], x_label: str, log_x: bool):
+    """One trade-off scatter: a marker per row, a point per run; the legend beside the axes, never over the data.
+
+    Constrained layout with the legend placed outside on the right sizes the figure around the legend,
+    so long row labels (``TRADES(β=6) [optimizer.lr=0.01], dropout 0.5``) are neither over the points nor cut off.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 4.8), layout="constrained")
+    markers = "osD^v<>pPX*h"
+    for i, (row, pts) in enumerate(points):
+        label = row.label if row.dropout in ("0", "default") else f"{row.label}, dropout {row.dropout}"
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, marker=markers[i % len(markers)])
+    xs = [p[0] for _, pts in points for p in pts]
+    if log_x and min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("adversarial test acc (%)")
+    ax.set_title(table)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize="small")
+    return fig
+
+
 def write_plots(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
     """Per table: test acc vs adv test acc, and test Lipschitz vs adv test acc, one point per run."""
     plt = pyplot()
@@ -47,20 +70,7 @@ def write_plots(out_dir: Path, rows: Sequence[Row]) -> list[Path]:
             points = [(row, pts) for row, pts in points if pts]
             if not points:
                 continue
-            fig, ax = plt.subplots(figsize=(6.4, 4.8))
-            markers = "osD^v<>pPX*h"
-            for i, (row, pts) in enumerate(points):
-                label = row.label if row.dropout in ("0", "default") else f"{row.label}, dropout {row.dropout}"
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, marker=markers[i % len(markers)])
-            xs = [p[0] for _, pts in points for p in pts]
-            if log_x and min(xs) > 0 and max(xs) / min(xs) > 20:
-                ax.set_xscale("log")
-            ax.set_xlabel(x_label)
-            ax.set_ylabel("adversarial test acc (%)")
-            ax.set_title(table)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small", loc="best")
-            fig.tight_layout()
+            fig = scatter_figure(table, points, x_label, log_x)
             path = out_dir / f"{name}_{_slug(table)}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)

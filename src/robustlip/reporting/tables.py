@@ -263,6 +263,25 @@ def group_rows(runs: Sequence[Run], table_by: Sequence[str], ignore: Sequence[st
     return rows
 
 
+def seed_values(row: Row, column: str) -> list[float]:
+    """One value of ``column`` per distinct seed of the row: repeats of one seed are averaged first.
+
+    Two runs of the same seed are one sample of the seed-to-seed spread, not two (deterministic runs
+    repeat the same numbers), so the mean ± std and the count of a row are over distinct seeds.
+    """
+    by_seed: dict[Any, list[float]] = {}
+    for run in row.runs:
+        if column in run.metrics:
+            by_seed.setdefault(repr(run.get("seed")), []).append(float(run.metrics[column]))
+    return [statistics.fmean(values) for values in by_seed.values()]
+
+
+def seed_count(row: Row) -> str:
+    """The row's number of distinct seeds, with the number of runs when some seed ran more than once."""
+    seeds = len({repr(run.get("seed")) for run in row.runs})
+    return str(seeds) if seeds == len(row.runs) else f"{seeds} ({len(row.runs)} runs)"
+
+
 def stats(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single run)."""
     mean = statistics.fmean(values)
@@ -290,8 +309,8 @@ def markdown_tables(rows: Sequence[Row], columns: Sequence[str], decimals: int) 
         out.append("| method | dropout | seeds | " + " | ".join(HEADERS.get(c, c) for c in columns) + " |")
         out.append("|---|---|---|" + "---|" * len(columns))
         for row in table_rows:
-            cells = [row.label, row.dropout, str(len(row.runs))]
-            cells += [_cell([r.metrics[c] for r in row.runs if c in r.metrics], decimals) for c in columns]
+            cells = [row.label, row.dropout, seed_count(row)]
+            cells += [_cell(seed_values(row, c), decimals) for c in columns]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -300,14 +319,15 @@ def markdown_tables(rows: Sequence[Row], columns: Sequence[str], decimals: int) 
 def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
     with atomic_write(path) as handle:
         writer = csv.writer(handle)
-        header = ["table", "method", "dropout", "settings", "n_runs"]
+        header = ["table", "method", "dropout", "settings", "n_runs", "n_seeds"]
         for c in columns:
             header += [f"{c} mean", f"{c} std"]
         writer.writerow(header)
         for row in rows:
-            line: list[Any] = [row.table, row.method, row.dropout, row.extra, len(row.runs)]
+            line: list[Any] = [row.table, row.method, row.dropout, row.extra, len(row.runs),
+                               len({repr(run.get("seed")) for run in row.runs})]
             for c in columns:
-                values = [r.metrics[c] for r in row.runs if c in r.metrics]
+                values = seed_values(row, c)
                 if values:
                     mean, std = stats(values)
                     line += [f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
@@ -316,16 +336,48 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
             writer.writerow(line)
 
 
-def print_results_table(metrics: dict[str, float], title: str = "results") -> None:
-    """One run's numbers in the order of the paper's tables (percent, Lipschitz constants as they are)."""
+def attack_label(attack: Any, data_eps: float | None = None) -> str:
+    """A short name of an evaluation attack for a table title: ``PGD-10 ℓ∞ ε=0.1``, ``FGSM ℓ∞ ε=0.1``.
+
+    When its ε is not ``data_eps`` (``allow_eps_mismatch=true``) the title says so, since the Lipschitz
+    estimate and the training objective use ``data.eps``.
+    """
+    if attack is None:
+        return "no attack"
+    from robustlip.attacks.variants import norm_of, steps_of
+
+    name = type(attack).__name__
+    steps, norm, eps = steps_of(attack), norm_of(attack), getattr(attack, "eps", None)
+    text = name + (f"-{steps}" if steps and steps > 1 else "")
+    if norm:
+        text += " ℓ∞" if norm == "inf" else f" ℓ{norm}"
+    if eps is not None:
+        text += f" ε={eps:g}"
+        if data_eps is not None and abs(float(eps) - float(data_eps)) > 1e-12:
+            text += f" (≠ data.eps={float(data_eps):g}: allow_eps_mismatch)"
+    return text
+
+
+def print_results_table(metrics: dict[str, float], title: str | Sequence[str] = "results",
+                        warnings: Sequence[str] = ()) -> None:
+    """One run's numbers in the order of the paper's tables (percent, Lipschitz constants as they are).
+
+    ``title`` lines are printed above the table as they are, never wrapped to the table's width (a run
+    path stays one line that can be copied); ``warnings`` (e.g. a run that did not learn) below it.
+    """
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    console = Console()
+    for line in [title] if isinstance(title, str) else title:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in RESULT_KEYS:
         if key in metrics:
             unit = "" if "lipschitz" in key else " %"
             table.add_row(key, f"{metrics[key]:.2f}{unit}")
-    Console().print(table)
+    console.print(table)
+    for warning in warnings:
+        console.print(f"warning: {warning}", soft_wrap=True, markup=False, highlight=False, style="bold yellow")

@@ -205,6 +205,64 @@ def resolve_ckpt_path(ckpt_path: str | None, resume: str | None, output_dir: str
     return None
 
 
+#: Overrides that do not make a run another run: how it starts, not what it trains.
+RESUME_KEYS = ("ckpt_path", "resume")
+
+
+def override_key(override: str) -> str:
+    """``+a.b=1`` -> ``a.b``: the key a command-line override sets."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def same_run_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that define a run (its ``ckpt_path`` and ``resume`` left out), in order."""
+    return [o for o in overrides if override_key(o) not in RESUME_KEYS]
+
+
+def _run_overrides(run_dir: Path) -> list[str] | None:
+    """The task overrides a run was started with (Hydra's ``.hydra/overrides.yaml``), None when unreadable."""
+    from omegaconf import OmegaConf
+
+    try:
+        return [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except Exception:  # noqa: BLE001 - a foreign or broken folder is simply not a candidate
+        return None
+
+
+def find_interrupted_run(runs_dir: str | Path, overrides: list[str], exclude: str | Path | None = None) -> Path:
+    """The newest interrupted run below ``runs_dir`` started with the same ``overrides``, for ``ckpt_path=last``.
+
+    Interrupted: it has ``checkpoints/last.ckpt`` and no ``results.json``. Same: the same task overrides
+    but ``ckpt_path``/``resume`` (a resumed command adds ``ckpt_path=last``). When none matches, the
+    error names the interrupted runs there and how to pick one.
+    """
+    runs_dir = Path(runs_dir)
+    exclude = Path(exclude).resolve() if exclude is not None else None
+    wanted = same_run_overrides(overrides)
+    interrupted = sorted(
+        (d for d in runs_dir.iterdir() if d.is_dir() and d.resolve() != exclude
+         and last_checkpoint(d).is_file() and not (d / "results.json").exists()),
+        key=lambda d: last_checkpoint(d).stat().st_mtime, reverse=True,
+    ) if runs_dir.is_dir() else []
+    for run_dir in interrupted:
+        theirs = _run_overrides(run_dir)
+        if theirs is not None and same_run_overrides(theirs) == wanted:
+            return run_dir
+    if not interrupted:
+        raise CheckpointError(
+            f"ckpt_path=last, but there is no interrupted run (a checkpoints/last.ckpt without results.json) in "
+            f"{runs_dir}; resume in the run directory of the interrupted run (hydra.run.dir=<that dir>), or use "
+            "resume=auto to start fresh when no checkpoint exists"
+        )
+    listed = "; ".join(f"{d} ({' '.join(same_run_overrides(_run_overrides(d) or [])) or 'no overrides'})"
+                       for d in interrupted[:5])
+    raise CheckpointError(
+        f"ckpt_path=last: no interrupted run in {runs_dir} was started with these overrides "
+        f"({' '.join(wanted) or 'none'}); the interrupted runs there are: {listed}; resume one with its own "
+        "overrides plus hydra.run.dir=<its dir> ckpt_path=last"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Saves through a temporary file in the target directory and an atomic rename (fsync'ed).
 

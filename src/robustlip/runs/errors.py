@@ -20,9 +20,16 @@ class ConfigError(ValueError):
 
 
 class RunInterrupted(RuntimeError):
-    """A run stopped by a signal after saving its state; the message says how to resume it."""
+    """A run stopped by a signal after saving its state; the message says how to resume it.
+
+    The exit code is 128 + the signal's number, the shell's convention: 143 for SIGTERM, 130 for SIGINT.
+    """
 
     exit_code = 143
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = int(exit_code)
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
@@ -48,6 +55,23 @@ def check_probability(key: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}={value!r} is not allowed; it must be a number in [0, 1)")
     return float(value)
+
+
+def check_attack_eps(attack_eps: float, data_eps: float, allow_mismatch: bool, key: str = "attack.eps") -> bool:
+    """Refuse an evaluation attack whose ε differs from ``data.eps`` unless the user said so; True when it differs.
+
+    ``data.eps`` is the ε of the training objective, the Lipschitz estimate and the paper's tables; an
+    attack at another radius makes ``results.json`` mix two radii. ``allow_mismatch`` (the
+    ``allow_eps_mismatch`` key) lets it through, and the results table then names the radius.
+    """
+    differs = abs(float(attack_eps) - float(data_eps)) > 1e-12
+    if differs and not allow_mismatch:
+        raise ConfigError(
+            f"{key}={attack_eps:g} differs from data.eps={data_eps:g}, the ε of the training objective, the Lipschitz "
+            f"estimate and the paper's tables; set data.eps={attack_eps:g} to move them all, or add "
+            "allow_eps_mismatch=true to evaluate at another ε on purpose"
+        )
+    return differs
 
 
 def check_writable_dir(key: str, path: str | Path) -> Path:

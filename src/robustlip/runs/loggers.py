@@ -7,12 +7,20 @@ closes wandb with :func:`finish_wandb` in a ``finally``.
 
 from __future__ import annotations
 
+import netrc
+import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+
+from robustlip.runs.errors import ConfigError
+
+#: WANDB_MODE values that need neither network nor an API key.
+WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
 
 
 def build_loggers(cfg: DictConfig, **overrides: Any) -> list[Any]:
@@ -22,9 +30,43 @@ def build_loggers(cfg: DictConfig, **overrides: Any) -> list[Any]:
     for node in (cfg.get("logger") or {}).values():
         if node is None or not node.get("_target_"):
             continue
+        if str(node.get("_target_")).endswith("WandbLogger") and not node.get("offline", False):
+            check_wandb_credentials()
         extra = {key: value for key, value in overrides.items() if key in node}
         loggers.append(instantiate(node, **extra))
     return loggers
+
+
+def _wandb_netrc_key() -> bool:
+    """Whether the .netrc file wandb reads (``$NETRC``, ``~/.netrc``, ``~/_netrc``) has an entry for its host."""
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        if path.is_file():
+            try:
+                return netrc.netrc(str(path)).authenticators(host) is not None
+            except (netrc.NetrcParseError, OSError):
+                return False
+    return False
+
+
+def check_wandb_credentials() -> None:
+    """Refuse ``logger=wandb`` before anything is written when wandb could only fail: online, with no API key.
+
+    Without a key in ``WANDB_API_KEY`` or in the .netrc entry ``wandb login`` writes, ``wandb.init`` stops
+    the run at its first step with a traceback; ``WANDB_MODE=offline`` (sync later) or ``disabled`` need none.
+    """
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in WANDB_LOCAL_MODES or os.environ.get("WANDB_DISABLED", "").lower() in ("true", "1"):
+        return
+    if os.environ.get("WANDB_API_KEY") or _wandb_netrc_key():
+        return
+    raise ConfigError(
+        "logger=wandb: no W&B API key (neither WANDB_API_KEY nor a `wandb login` entry in ~/.netrc) and WANDB_MODE is "
+        f"{mode or 'not set'}; run with WANDB_MODE=offline (sync later with `wandb sync <run dir>/wandb/offline-run-*`) "
+        "or WANDB_MODE=disabled, or log in with `wandb login`"
+    )
 
 
 def finish_wandb() -> None:

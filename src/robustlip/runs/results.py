@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +42,14 @@ def add_results_section(path: str | Path, name: str, section: dict[str, Any]) ->
     payload = json.loads(path.read_text()) if path.is_file() else {}
     payload[name] = section
     return write_json_atomic(path, payload)
+
+
+def chance_band(num_classes: int, n: int | None) -> tuple[float, float]:
+    """Chance accuracy (percent) of guessing among ``num_classes``, and the highest accuracy that is still chance.
+
+    The band is three binomial standard errors of n examples around chance (at least 2 points): an
+    accuracy inside it cannot be told from guessing.
+    """
+    p = 1.0 / max(int(num_classes), 1)
+    spread = 3.0 * 100.0 * math.sqrt(p * (1.0 - p) / n) if n else 0.0
+    return 100.0 * p, 100.0 * p + max(2.0, spread)
