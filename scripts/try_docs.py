@@ -50,12 +50,13 @@ SKIP = [
     (r"perf=gpu|bf16|CUDA_VISIBLE_DEVICES|per_gpu", "needs a GPU"),
     (r"slurm", "needs a SLURM cluster"),
     (r"trainer=ddp experiment=|trainer=ddp(?!.*accelerator=cpu)", "DDP over the GPUs of a machine"),
-    (r"data=(cifar10|svhn|restricted_imagenet|mnist)\b|experiment=table[234]", "needs a dataset this machine does not have "
-                                                                                "(data.download=true fetches it)"),
+    (r"data=(cifar10|svhn|restricted_imagenet|mnist)\b|experiment=table[234]",
+     "needs a dataset this machine does not have (data.download=true fetches it)"),
     (r"data=my_set", "needs your own dataset config (docs/datasets.md)"),
-    (r"multirun_sweeps/table[234]\.sh|^ ?bash multirun_sweeps/table1\.sh", "the paper's tables: GPU days and datasets this "
-                                                                            "machine does not have"),
+    (r"multirun_sweeps/table[234]\.sh|^ ?bash multirun_sweeps/table1\.sh",
+     "the paper's tables: GPU days and datasets this machine does not have"),
     (r"\s\.\.\.\s", "a pattern ('...' stands for your own arguments), not a command"),
+    (r"download\.pytorch\.org", "an installation (PyTorch's CPU wheels from download.pytorch.org), not a usage example"),
 ]
 #: Skipped by --quick only (they run in the full form).
 QUICK_SKIP = [
@@ -113,7 +114,7 @@ def extract(paths: list[Path]) -> list[Command]:
     for path in paths:
         text = path.read_text()
         name = path.relative_to(REPO)
-        for block in re.finditer(r"^```(?:bash|sh|shell)\n(.*?)^```", text, re.S | re.M):
+        for block in re.finditer(r"^```(?:bash|sh|shell)\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
             start = text.count("\n", 0, block.start()) + 2
             joined = re.sub(r"\\\n\s*", " ", block.group(1))
             for offset, line in enumerate(joined.splitlines()):
@@ -258,7 +259,7 @@ def dead_run(results: Path) -> str | None:
     classes = None
     config = results.parent / "config.yaml"
     if config.is_file():
-        found = re.search(r"^\s*num_classes:\s*(\d+)", config.read_text(), re.M)
+        found = re.search(r"^\s*num_classes:\s*(\d+)", config.read_text(), re.MULTILINE)
         classes = int(found.group(1)) if found else None
     if acc is not None and classes:
         chance, ceiling = chance_band(classes, (payload.get("examples") or {}).get("test"))
@@ -301,8 +302,14 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     ran = sum(1 for c in commands if not c.skip and not args.list)
     skipped = sum(1 for c in commands if c.skip)
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time (user + system of every command) does not grow with other people's load; wall time does.
     print(f"\ntry_docs{' --quick' if args.quick else ''}: {ran - failures} of {ran} commands ok, {failures} failed, "
-          f"{skipped} skipped, {time.time() - total:.0f} s; work folder {work}{'' if args.keep else ' (removed)'}")
+          f"{skipped} skipped; {time.time() - total:.0f} s wall, {usage.ru_utime + usage.ru_stime:.0f} s CPU "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); work folder {work}"
+          f"{'' if args.keep else ' (removed)'}")
     if not args.keep:
         import shutil
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from robustlip.cli import entry_point
 from robustlip.runs.config import save_resolved_config
 from robustlip.runs.files import write_json_atomic
-from robustlip.runs.loggers import build_loggers, finish_wandb
+from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb
 
 # numpy, numba, torch and matplotlib are imported inside `separation`, so that `robustlip-separation --help`
 # and a config error answer without loading them (docs/performance.md).
@@ -51,6 +51,7 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
     from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
     from robustlip.train import prepare_data
 
+    check_loggers(cfg)
     output_dir = Path(cfg.paths.output_dir)
     skip = check_skip_smallest(cfg.get("skip_smallest"))
     # The checks first (dataset present, loggers usable), then the first file (docs/reliability.md).

@@ -20,8 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrides
 from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
-from robustlip.runs.loggers import build_loggers, finish_wandb, keep_csv_history
-from robustlip.runs.self_training import prepare_self_training
+from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb, keep_csv_history
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -170,6 +169,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resolve_ckpt_path,
     )
 
+    check_loggers(cfg)
     output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -180,6 +180,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_compatible(load_checkpoint(ckpt_path), cfg, module, path=ckpt_path)
         log.info("resuming from %s", ckpt_path)
     # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
+    from robustlip.runs.self_training import prepare_self_training
+
     prepare_self_training(module.objective, datamodule, output_dir)
     callbacks = build_callbacks(cfg)
     stop = SignalStop()

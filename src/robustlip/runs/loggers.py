@@ -26,15 +26,21 @@ WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")
 def build_loggers(cfg: DictConfig, **overrides: Any) -> list[Any]:
     """One Lightning logger per node of ``cfg.logger`` with a ``_target_``; ``overrides`` go to every
     logger that has such a key in its config (e.g. ``group=`` for wandb)."""
+    check_loggers(cfg)
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if node is None or not node.get("_target_"):
             continue
-        if str(node.get("_target_")).endswith("WandbLogger") and not node.get("offline", False):
-            check_wandb_credentials()
         extra = {key: value for key, value in overrides.items() if key in node}
         loggers.append(instantiate(node, **extra))
     return loggers
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """What can be checked about the loggers without building them (a wandb key): called first thing by the commands."""
+    for node in (cfg.get("logger") or {}).values():
+        if node is not None and str(node.get("_target_")).endswith("WandbLogger") and not node.get("offline", False):
+            check_wandb_credentials()
 
 
 def _wandb_netrc_key() -> bool:
