@@ -6,12 +6,15 @@ fraction of a second, and the PNGs stay small enough for docs/.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from robustlip.reporting.plots import pyplot
+from robustlip.runs.files import atomic_write
 
 
 def tile(images: Tensor, pad: int = 1) -> Tensor:
@@ -50,6 +53,11 @@ def save_grid(path: Path, images: Tensor, row_labels: list[str], col_labels: lis
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.suptitle(title, fontsize=8, y=1 - 0.05 / (cell * rows + 0.7))
-    fig.savefig(path, dpi=72)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=72)
     plt.close(fig)
-    return path
+    # A 128-colour palette: a third smaller than matplotlib's RGBA, and no visible loss on these grids.
+    buffer.seek(0)
+    with Image.open(buffer) as image, atomic_write(path, binary=True) as handle:
+        image.convert("RGB").quantize(colors=128).save(handle, format="PNG", optimize=True)
+    return Path(path)
