@@ -205,10 +205,12 @@ class Runner:
     def fill(self, program: str, args: list[str]) -> list[str]:
         out = []
         for arg in args:
-            if arg.startswith("ckpt_path=") and ("..." in arg or "<" in arg):
+            key = arg.split("=", 1)[0]
+            if key in ("ckpt_path", "objective.teacher_ckpt") and ("..." in arg or "<" in arg):
+                # The first training run of the docs is a natural digits run: a checkpoint and a teacher.
                 if self.checkpoint is None:
                     raise LookupError("no checkpoint yet: no training run of these docs has finished before this command")
-                arg = f"ckpt_path={self.checkpoint}"
+                arg = f"{key}={self.checkpoint}"
             elif program == "robustlip-report" and "=" not in arg and ("<" in arg or arg == "DIR" or "*" in arg):
                 arg = str(self.logs)
             out.append(arg)
