@@ -134,9 +134,12 @@ def remove_untouched_run_dir() -> Path | None:
 
 
 def run_dir_given() -> bool:
-    """Whether the user chose the run directory (``hydra.run.dir=...``) rather than Hydra's new timestamped one."""
+    """Whether the run directory was chosen (``hydra.run.dir=...``, or a multirun's job folder) rather than being
+    Hydra's new timestamped one."""
     from hydra.core.hydra_config import HydraConfig
 
+    if _multirun():
+        return True
     try:
         return any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in HydraConfig.get().overrides.hydra)
     except ValueError:  # not under Hydra: the caller chose paths.output_dir itself
@@ -168,8 +171,8 @@ def move_run_dir(new_dir: Path) -> None:
                     with new.open("a") as target:  # what was logged before the move goes along
                         target.write(old.read_text() if old.is_file() else "")
                     old.unlink(missing_ok=True)
+                    # A closed FileHandler opens its (new) file again at the next record, in mode "a".
                     handler.baseFilename, handler.mode = str(new), "a"
-                    handler.stream = handler._open()
                 finally:
                     handler.release()
         if fresh.is_dir() and all(entry.name == ".hydra" for entry in fresh.iterdir()):
