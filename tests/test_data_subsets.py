@@ -83,6 +83,18 @@ def test_train_size_larger_than_the_training_split_names_key_value_and_size():
     assert "\n" not in message and "data.train_size=5000" in message and "1212 examples" in message
 
 
+def test_a_train_eval_size_above_train_size_measures_the_whole_subset_but_above_the_split_is_refused():
+    # A preset's train_eval_size (512) with a small train_size sweep point: training metrics over all 20.
+    dm = DigitsDataModule(val_size=0, train_size=20, train_eval_size=512)
+    dm.setup()
+    assert len(dm.train_eval_set) == len(dm.train_set) == 20
+    assert sorted(dm.train_eval_set.indices) == sorted(dm.train_set.indices)
+    # Without train_size, a size above the training split is still a one-line error naming it.
+    too_big = DigitsDataModule(val_size=0, train_eval_size=5000)
+    with pytest.raises(ConfigError, match=r"data.train_eval_size=5000 is larger than the training set"):
+        too_big.setup()
+
+
 @pytest.mark.parametrize("bad", [0, -3, 1.5, 0.0, True, "many"])
 def test_bad_train_size_values_are_rejected_at_construction(bad):
     with pytest.raises(ConfigError, match=r"^data\.train_size=.* is not allowed"):

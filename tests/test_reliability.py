@@ -368,10 +368,14 @@ def uninterrupted(tmp_path_factory) -> tuple[dict, dict]:
 def _assert_same_run(run_dir: Path, uninterrupted: tuple[dict, dict]) -> None:
     expected, weights = uninterrupted
     resumed = json.loads((run_dir / "results.json").read_text())
-    assert resumed["metrics"] == expected["metrics"]
     assert resumed["epochs_trained"] == expected["epochs_trained"] == 3
     final = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
     assert all(torch.equal(weights[k], final[k]) for k in weights), "resumed weights differ from the uninterrupted run"
+    # Same weights, same seeded evaluation: counts (accuracies) agree exactly; the Lipschitz ratios are
+    # float32 sums whose last bit may follow the CPU's thread scheduling (seen once at 5e-8 under load).
+    counts = {k: v for k, v in expected["metrics"].items() if "lipschitz" not in k}
+    assert {k: resumed["metrics"][k] for k in counts} == counts
+    assert resumed["metrics"] == pytest.approx(expected["metrics"], rel=1e-6, abs=0)
 
 
 def test_sigterm_mid_epoch_saves_a_checkpoint_and_ckpt_path_last_resumes_exactly(uninterrupted, tmp_path, capsys, monkeypatch):

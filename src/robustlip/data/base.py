@@ -22,6 +22,7 @@ travels as the plain ``paper`` mapping of the data config (``${data.paper.*}``),
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
 from robustlip.runs.errors import ConfigError, check_non_negative, check_positive_int
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -223,7 +226,14 @@ class RobustDataModule(pl.LightningDataModule):
         self.unlabeled_eval_set = Subset(splits.train_eval, pool_idx) if pool_idx else None
         # Validation images come from the un-augmented view: val metrics should not be noisy.
         self.val_set = Subset(splits.train_eval, val_idx)
-        self.train_eval_set = self._first(Subset(splits.train_eval, train_idx), self.train_eval_size, self.seed + 1,
+        train_eval_size = self.train_eval_size
+        if self.train_size is not None and train_eval_size is not None and train_eval_size > len(train_idx):
+            # A preset's training-metrics size is a budget for full training sets; a train_size sweep
+            # (Tsipras et al.'s 50 examples) measures its whole, smaller training set instead.
+            log.info("data.train_eval_size=%d is more than data.train_size=%d: training metrics use all %d examples",
+                     train_eval_size, self.train_size, len(train_idx))
+            train_eval_size = None
+        self.train_eval_set = self._first(Subset(splits.train_eval, train_idx), train_eval_size, self.seed + 1,
                                           "data.train_eval_size", "training set (after the validation split)")
         self.test_set = self._first(splits.test, self.test_size, self.seed + 2, "data.test_size", "test set")
 
