@@ -4,6 +4,9 @@
 # training split pseudo-labeled by the natural model of the first seed (conf/experiment/raghunathan_rst.yaml).
 #   SEEDS=0,1,2 bash multirun_sweeps/raghunathan_rst.sh
 source "$(dirname "$0")/_common.sh"
+# One thread per training process unless set: on a shared CPU, torch's default (one per core)
+# oversubscribes the cores; here a PGD step became 35 times slower (docs/raghunathan.md).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # 1. Natural training on the labeled subset: the Natural row; the first seed's model is the teacher.
 sweep raghunathan_natural experiment=raghunathan_rst objective=natural
 TEACHER=${TEACHER:-${SWEEP_DIRS[0]}/0/checkpoints/last.ckpt}
