@@ -30,7 +30,7 @@ from robustlip.runs.checkpoints import (
     load_checkpoint,
     resolve_ckpt_path,
 )
-from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
+from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_writable_dir
 from robustlip.runs.loggers import build_loggers, finish_wandb, keep_csv_history
 
@@ -56,6 +56,11 @@ def _uses_run_attack(node: DictConfig) -> bool:
     return "attack" in node and OmegaConf.to_container(node, resolve=False)["attack"] == "${attack}"
 
 
+def _uses_run_attacks(node: DictConfig) -> bool:
+    """Whether a callback's ``attacks`` are the run's ``attacks=[...]``, then built as ``attacks.<name>``."""
+    return "attacks" in node and OmegaConf.to_container(node, resolve=False)["attacks"] == "${oc.select:attacks,null}"
+
+
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Every callback of a run: seeded randomness and resumable checkpoints first, then ``cfg.callbacks`` and ``perf``.
 
@@ -69,6 +74,8 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         if name == "robust_evaluation" and not cfg.get("evaluate", True):
             continue
         extra = {"attack": instantiate_group(cfg, "attack")} if _uses_run_attack(node) else {}
+        if _uses_run_attacks(node):
+            extra["attacks"] = instantiate_attacks(cfg)
         callbacks.append(instantiate_group(cfg, f"callbacks.{name}", **extra))
     perf = cfg.get("perf")
     if perf is not None and perf.get("_target_"):
@@ -113,7 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             evaluation = next((c for c in callbacks if isinstance(c, RobustEvaluation)), None)
             metrics = dict(evaluation.metrics) if evaluation is not None else {}
         if trainer.is_global_zero and metrics:
-            print_results_table(metrics, title=f"{cfg.data.name} · {cfg.objective.name} · {output_dir}")
+            print_results_table(metrics, title=f"{cfg.data.name} · {cfg.objective.name} · {output_dir}",
+                                uncertainty=evaluation.uncertainty if evaluation is not None else None)
         return metrics
     finally:
         finish_wandb()

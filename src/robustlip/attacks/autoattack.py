@@ -38,7 +38,7 @@ from pyautoattack import checks as official_checks
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
-from robustlip.validation import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 #: The attacks the official code knows, for ``version=custom``.
@@ -155,6 +155,9 @@ class AutoAttack(Attack):
     first message; ``seconds`` is the wall time spent in the official code. Both accumulate over calls
     until :meth:`reset_records`.
     """
+
+    #: The key of this attack's flags in results.json's ``gradient_masking`` section.
+    name = "autoattack"
 
     def __init__(
         self,
