@@ -103,6 +103,7 @@ def test_each_attack_and_the_pointwise_worst_case_on_the_same_examples(trained, 
         n_examples=40,
         lipschitz=LocalLipschitz(EPS, steps=2),
         results_file=tmp_path / "results.json",
+        attack_gap_warning=100.0,  # the gap warning has its own test
     )
     m = evaluation.metrics
     pgd = _per_example_correct(evaluation, net, datamodule, "pgd")
@@ -240,7 +241,6 @@ def test_eval_of_a_checkpoint_with_autoattack_as_configured(trained, tmp_path):
             "attack.version=custom",
             "attack.attacks=[apgd-ce,apgd-t]",
             "n_examples=8",
-            "sanity=null",
             "evaluate_train=false",
             "lipschitz=off",
             "trainer.enable_progress_bar=false",
@@ -249,10 +249,15 @@ def test_eval_of_a_checkpoint_with_autoattack_as_configured(trained, tmp_path):
     )
     metrics = evaluate(cfg)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["attack"].startswith("AutoAttack(norm=Linf, eps=0.1, version=custom, attacks=['apgd-ce', 'apgd-t']")
+    assert results["attack"].startswith(
+        "AutoAttack(norm=Linf, eps=0.1, version=custom, attacks=['apgd-ce', 'apgd-t']"
+    )
     assert results["examples"] == {"test": 8}
     assert metrics["test/adv_acc"] <= metrics["test/acc"]
     assert results["gradient_masking"]["flags"] == {}
+    assert "sanity" not in results, (
+        "the gradient-masking probes vary PGD-like attacks; AutoAttack's flags replace them"
+    )
     assert results["uncertainty"]["test/adv_acc"]["n"] == 8
 
 
@@ -270,7 +275,7 @@ def _cli_eval(tmp_path: Path, name: str, ckpt: Path, *extra: str) -> dict:
             "n_examples=40",
             "sanity=null",
             "lipschitz=local",
-            "lipschitz.steps=2",
+            "lipschitz.steps=1",
             "trainer.enable_progress_bar=false",
             f"hydra.run.dir={out}",
             *extra,
@@ -297,3 +302,28 @@ def test_two_cpu_processes_give_the_single_process_numbers(trained, tmp_path):
     assert ddp["uncertainty"] == single["uncertainty"]
     assert ddp["examples"] == single["examples"] == {"test": 40, "train": 32}
     assert ddp["evaluated"]["attacks"]["autoattack"]["attacks"] == ["apgd-ce"]
+
+
+def test_training_runs_take_attacks_from_the_command_line(train_cfg):
+    from robustlip.train import build_callbacks
+
+    cfg = train_cfg(["attacks=[pgd,autoattack]", "data.eps=0.2", "callbacks.robust_evaluation.n_examples=50"])
+    (evaluation,) = [c for c in build_callbacks(cfg) if isinstance(c, RobustEvaluation)]
+    assert list(evaluation.attacks) == ["pgd", "autoattack"]
+    assert evaluation.attacks["autoattack"].eps == 0.2 and evaluation.attacks["pgd"].eps == 0.2
+    assert isinstance(evaluation.attack, PGD), "the run's attack still serves val/adv_acc"
+    assert [m.name for m in evaluation.measurements][:4] == [
+        "acc",
+        "adv_acc/pgd",
+        "adv_acc/autoattack",
+        "adv_acc",
+    ]
+    assert evaluation.n_examples == 50
+    bad = train_cfg(
+        ["attacks=[pgd,autoattack]", "attacks.autoattack.norm=l1", "attacks.autoattack.version=plus"]
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^attacks.autoattack.version='plus' is not allowed with attacks.autoattack.norm='L1'",
+    ):
+        build_callbacks(bad)

@@ -273,6 +273,8 @@ class RobustEvaluation(pl.Callback):
         if len(set(names)) != len(names):
             raise ConfigError(f"callbacks.robust_evaluation.metrics: two metrics share a name in {names}; rename one")
         self.probe_attack, self.probe_source = self._probe_attack()
+        if self.probe_attack is None:
+            self.probes = []
         self.test_meter = SplitMeter(self.measurements)
         self.val_adv_acc = CorrectFraction()
         self.metrics: dict[str, float] = {}
@@ -288,15 +290,21 @@ class RobustEvaluation(pl.Callback):
         return [*per_attack, WorstCaseAccuracy([m.name for m in per_attack])]
 
     def _probe_attack(self) -> tuple[Attack | None, str | None]:
-        """The attack the probes vary (one with a threat model and a step: PGD-like) and its metric's name."""
-        if not self.attacks:
-            return self.attack, AdversarialAccuracy.name
-        for name, attack in self.attacks.items():
+        """The attack the probes vary (one with a threat model and a step: PGD-like) and its metric's name.
+
+        The first such attack of ``attacks``, else ``attack``; with none (``attack=autoattack`` alone)
+        the ε sweep and the gradient-masking checks are skipped, with a log line.
+        """
+        if self.attacks:
+            candidates = [(attack, f"adv_acc/{name}") for name, attack in self.attacks.items()]
+        else:
+            candidates = [(self.attack, AdversarialAccuracy.name)] if self.attack is not None else []
+        for attack, source in candidates:
             if hasattr(attack, "threat") and hasattr(attack, "step_size"):
-                return attack, f"adv_acc/{name}"
-        if self.probes:
-            log.warning("the ε sweep and gradient-masking probes need a PGD-like attack among attacks=%s; skipped",
-                        list(self.attacks))
+                return attack, source
+        if self.probes and candidates:
+            log.warning("the ε sweep and gradient-masking probes vary a PGD-like attack (threat model, step size); "
+                        "none among %s: probes skipped", [type(a).__name__ for a, _ in candidates])
         return None, None
 
     # -- validation: a cheap robustness signal while training -----------------------------------

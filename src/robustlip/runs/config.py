@@ -101,7 +101,7 @@ def instantiate_attacks(cfg: DictConfig, key: str = "attacks") -> dict[str, Any]
             built[str(name)] = instantiate_group(cfg, f"{key}.{name}")
         except ConfigError as exc:
             # The attack names its keys as a single attack's (attack.version); say where this one is.
-            message = str(exc).replace(f"{key}.{name}.attack.", f"{key}.{name}.", 1)
+            message = str(exc).replace(f"{key}.{name}.attack.", f"{key}.{name}.", 1).replace(" attack.", f" {key}.{name}.")
             raise type(exc)(message) from exc
     return built
 
