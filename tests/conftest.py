@@ -6,12 +6,16 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from sklearn.datasets import load_digits
+from torch import Tensor, nn
 
 torch.set_num_threads(2)
 
@@ -72,3 +76,28 @@ FAST = [
     "trainer.enable_progress_bar=false",
     "~callbacks.progress_bar",
 ]
+
+
+@pytest.fixture(scope="module")
+def trained_digits_model() -> tuple[nn.Module, Tensor, Tensor]:
+    """A small CNN trained naturally for a few seconds on 8x8 digits, and 120 held-out images."""
+    digits = load_digits()
+    images = torch.from_numpy((digits.images / 16.0).astype(np.float32))[:, None]
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    torch.manual_seed(0)
+    order = torch.randperm(len(labels))
+    train_idx, test_idx = order[:1500], order[1500:1620]
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 10)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(8):
+        for batch in train_idx.split(64):
+            optimizer.zero_grad()
+            F.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
+    model.eval()
+    x, y = images[test_idx], labels[test_idx]
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() > 0.9, "the fixture model must be accurate"
+    return model, x, y

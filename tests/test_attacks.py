@@ -3,12 +3,10 @@ the ordering of attack strengths, and the contract with the model (no parameter 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 from robustlip.attacks import (
@@ -190,31 +188,6 @@ def test_l2_pgd_moves_along_the_weight_on_a_linear_model():
 
 
 # --- strengths on a trained model ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained_digits_model() -> tuple[nn.Module, Tensor, Tensor]:
-    """A small CNN trained naturally for a few seconds on 8x8 digits, and 120 held-out images."""
-    digits = load_digits()
-    images = torch.from_numpy((digits.images / 16.0).astype(np.float32))[:, None]
-    labels = torch.from_numpy(digits.target.astype(np.int64))
-    torch.manual_seed(0)
-    order = torch.randperm(len(labels))
-    train_idx, test_idx = order[:1500], order[1500:1620]
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 16, 10)
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(8):
-        for batch in train_idx.split(64):
-            optimizer.zero_grad()
-            F.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    model.eval()
-    x, y = images[test_idx], labels[test_idx]
-    with torch.no_grad():
-        assert (model(x).argmax(1) == y).float().mean() > 0.9, "the fixture model must be accurate"
-    return model, x, y
 
 
 def robust_accuracy(model: nn.Module, x_adv: Tensor, y: Tensor) -> float:

@@ -109,7 +109,14 @@ def test_a_new_objective_attack_and_metric_run_end_to_end_from_a_users_config_fo
     assert report.returncode == 0, report.stderr[-2000:]
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| test acc | test/top2_acc |" in markdown
-    assert f"| Smooth(α=.2) | 0 | 1 | {metrics['test/acc']:.2f} | {metrics['test/top2_acc']:.2f} |" in markdown
+    # A single run shows its own uncertainty: the Wilson half-width of an accuracy, and for the new
+    # metric (a mean, by the protocol's default) its standard error.
+    uncertainty = results["uncertainty"]
+    acc_bar = (uncertainty["test/acc"]["ci95_high"] - uncertainty["test/acc"]["ci95_low"]) / 2
+    top2_se = uncertainty["test/top2_acc"]["se"]
+    assert uncertainty["test/top2_acc"]["n"] == uncertainty["test/acc"]["n"] and top2_se > 0
+    assert (f"| Smooth(α=.2) | 0 | 1 | {metrics['test/acc']:.2f} ± {acc_bar:.2f} | "
+            f"{metrics['test/top2_acc']:.2f} ± {top2_se:.2f} |") in markdown
 
 
 def test_the_recipe_classes_follow_the_protocols_directly():

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from robustlip.attacks import PGD
 from robustlip.callbacks import EpsSweep, GradientMaskingChecks, GradientMaskingWarning, RobustEvaluation
-from robustlip.callbacks.robust_evaluation import SplitMeter, unrepeated_shard
+from robustlip.callbacks.robust_evaluation import SplitMeter, batch_shard
 from robustlip.evaluate import CheckpointedNet
 from robustlip.metrics import LocalLipschitz
 from robustlip.runs.results import RESULT_KEYS
@@ -142,17 +142,26 @@ def test_sanity_checks_flag_an_attack_that_cannot_move(digits, tmp_path):
     assert evaluation.metrics["test/adv_acc"] == pytest.approx(evaluation.metrics["test/acc"])
 
 
-def test_per_process_shards_count_every_example_exactly_once(digits):
-    # What makes multi-device evaluation exact: disjoint shards, no padding, summed counts.
+def test_per_process_shards_give_the_single_process_numbers_exactly(digits):
+    # What makes multi-device evaluation exact: each process gets whole batches (no padding, no repeats),
+    # with their single-process index, so even the seeded random starts are the same; the sums add up.
     net, datamodule = digits
     loader = datamodule.test_dataloader()
-    evaluation = RobustEvaluation(attack=None, results_file=None)
+    evaluation = RobustEvaluation(attack=PGD(eps=0.1), lipschitz=LocalLipschitz(eps=0.1, steps=2), results_file=None)
     model = CheckpointedNet(net)
     whole = evaluation.measure_loader(model, loader, "test")
-    shards = [evaluation.measure_loader(model, unrepeated_shard(loader, rank, 3), "test") for rank in range(3)]
+    shards = []
+    for rank in range(3):
+        shard, ids = batch_shard(loader, rank, 3)
+        assert ids == list(range(rank, len(loader), 3))
+        shards.append(evaluation.measure_loader(model, shard, "test", batch_ids=ids))
     assert sum(s.count() for s in shards) == whole.count() == len(datamodule.test_set)
-    correct = sum(int(s.states["acc"].sum) for s in shards)
-    assert 100.0 * correct / whole.count() == pytest.approx(whole.compute("test")["test/acc"])
+    for name in ("acc", "adv_acc", "lipschitz"):
+        assert sum(float(s.states[name].sum) for s in shards) == pytest.approx(float(whole.states[name].sum), rel=1e-12)
+        assert sum(float(s.states[name].sum_sq) for s in shards) == pytest.approx(
+            float(whole.states[name].sum_sq), rel=1e-12
+        )
+    assert 0 < float(whole.states["adv_acc"].sum) < float(whole.states["acc"].sum), "PGD must matter here"
     assert isinstance(shards[0], SplitMeter)
 
 

@@ -2,6 +2,7 @@
 
     robustlip-eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     robustlip-eval ckpt_path=... attack=fgsm                      # any attack config
+    robustlip-eval ckpt_path=... attacks=[pgd,autoattack] n_examples=1000   # each + pointwise worst case
     robustlip-eval ckpt_path=... eps_sweep=[0,0.05,0.1,0.2,0.3]   # + accuracy-vs-ε CSV and PNG
     robustlip-eval ckpt_path=... data=digits +patch.data.test_size=100
 
@@ -21,8 +22,14 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from robustlip.cli import entry_point
-from robustlip.runs.config import instantiate_group, save_resolved_config
-from robustlip.runs.errors import RunInterrupted, check_attack_eps
+from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config
+from robustlip.runs.errors import (
+    ConfigError,
+    RunInterrupted,
+    check_attack_eps,
+    check_non_negative,
+    check_positive_int,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -82,7 +89,10 @@ def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfi
             "fidelity": cfg.fidelity if cfg.get("fidelity") is not None else train_config.get("fidelity", "paper"),
             "seed": cfg.seed if cfg.get("seed") is not None else train_eval.get("seed", train_config.get("seed", 0)),
             "data": data,
-            "attack": _node(cfg, "attack") if cfg.get("attack") is not None else train_config.get("attack"),
+            # attacks=[...] replaces the single attack (the checkpoint's, or attack=...).
+            "attack": None if cfg.get("attacks") else
+            _node(cfg, "attack") if cfg.get("attack") is not None else train_config.get("attack"),
+            "attacks": _node(cfg, "attacks") if cfg.get("attacks") else None,
             "lipschitz": _node(cfg, "lipschitz") if cfg.get("lipschitz") is not None else train_eval.get("lipschitz"),
         }
     )
@@ -93,7 +103,22 @@ def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfi
     return setup
 
 
-def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra: dict[str, Any]) -> RobustEvaluation:
+def check_subset(cfg: DictConfig, datamodule: Any) -> int | None:
+    """``n_examples`` as a count no larger than the test set (checked before any attack runs)."""
+    n_examples = cfg.get("n_examples")
+    if n_examples is None:
+        return None
+    check_positive_int("n_examples", n_examples)
+    datamodule.setup("test")
+    size = len(datamodule.test_set)
+    if n_examples > size:
+        raise ConfigError(f"n_examples={n_examples} is not allowed; the test set has {size} examples "
+                          f"(choose n_examples <= {size}, or null for all of them)")
+    return n_examples
+
+
+def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra: dict[str, Any],
+                     n_examples: int | None = None) -> RobustEvaluation:
     """The RobustEvaluation of this command; a bad value of any of its parts is one line naming its key."""
     from robustlip.callbacks import EpsSweep, RobustEvaluation
 
@@ -103,6 +128,9 @@ def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra
         check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
     return RobustEvaluation(
         attack=attack,
+        attacks=instantiate_attacks(setup),
+        n_examples=n_examples,
+        attack_gap_warning=check_non_negative("attack_gap_warning", cfg.get("attack_gap_warning", 3.0)),
         lipschitz=instantiate_group(setup, "lipschitz") if setup.lipschitz and setup.lipschitz.get("_target_") else None,
         evaluate_train=cfg.evaluate_train,
         results_file=output_dir / "results.json",
@@ -113,11 +141,17 @@ def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra
     )
 
 
-def _record(cfg: DictConfig, setup: DictConfig) -> DictConfig:
-    """config.yaml of the evaluation: what was evaluated and how (the chosen groups resolved into ``setup``)."""
+def _record(cfg: DictConfig, setup: DictConfig, train_config: dict[str, Any] | None = None) -> DictConfig:
+    """config.yaml of the evaluation: what was evaluated and how (the chosen groups resolved into ``setup``).
+
+    The checkpoint's ``model`` and ``objective`` are recorded too, so ``robustlip-report`` names an
+    evaluation's row by its method, as it names the training run's.
+    """
     own = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-           for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "eps_sweep", "sanity", "trainer")}
-    return OmegaConf.create({**own, **OmegaConf.to_container(setup)})
+           for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "eps_sweep", "sanity", "n_examples", "attack_gap_warning", "trainer")
+           if key in cfg}
+    trained = {key: (train_config or {}).get(key) for key in ("model", "objective") if (train_config or {}).get(key)}
+    return OmegaConf.create({**own, **trained, **OmegaConf.to_container(setup)})
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -140,10 +174,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # The splits now, so a missing dataset or a too large data.test_size fails before any file is written.
     datamodule = prepare_data(setup)
     extra = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "evaluated": OmegaConf.to_container(setup)}
-    evaluation = build_evaluation(cfg, setup, output_dir, extra)
-    save_resolved_config(_record(cfg, setup), output_dir)
+    n_examples = check_subset(cfg, datamodule)
+    evaluation = build_evaluation(cfg, setup, output_dir, extra, n_examples)
+    save_resolved_config(_record(cfg, setup, train_config), output_dir)
     stop = SignalStop()
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[evaluation, stop], logger=False, enable_checkpointing=False)
+    callbacks: list[pl.Callback] = [evaluation, stop]
+    if cfg.trainer.get("enable_progress_bar", True):
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        # Lightning's rich bar: the evaluation's own passes (n_examples, several devices) add their task to it.
+        callbacks.append(RichProgressBar())
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False)
     try:
         trainer.test(module, datamodule=datamodule, verbose=False)
     except SIGTERMException:
@@ -158,7 +199,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_results_table(evaluation.metrics, title=[
             f"{_method(train_config)} · {setup.data.get('name', 'data')} · attack {attack}",
             f"checkpoint: {extra['checkpoint']}",
-        ])
+        ], uncertainty=evaluation.uncertainty)
         print_written(output_dir)
     return evaluation.metrics
 

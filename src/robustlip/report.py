@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from robustlip.reporting.plots import write_plots
 from robustlip.reporting.tables import (
     HEADERS,
+    PLUS_MINUS_NOTE,
     find_runs,
     find_separations,
     find_sweep_failures,
@@ -59,8 +60,7 @@ def build_report(cfg: DictConfig) -> dict[str, Any]:
         text.append(separation_markdown(separations))
     if rows:
         text.append(markdown_tables(rows, list(cfg.columns), int(cfg.decimals)))
-        text.append("Accuracies and gaps in %; mean ± std over distinct seeds where a row has several (runs that "
-                    "repeat a seed are averaged first).")
+        text.append(PLUS_MINUS_NOTE)
     if failures:
         text += ["", "## Failed jobs", ""]
         text += [f"- job {f['job']} of {f['sweep']}: `{' '.join(f['overrides'])}` — {f.get('error')}" for f in failures]

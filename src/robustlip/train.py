@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrides
-from robustlip.runs.config import instantiate_group, save_resolved_config, to_plain_dict
+from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
 from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb, keep_csv_history
 
@@ -66,6 +66,11 @@ def build_attack(cfg: DictConfig):
     return attack
 
 
+def _uses_run_attacks(node: DictConfig) -> bool:
+    """Whether a callback's ``attacks`` are the run's ``attacks=[...]``, then built as ``attacks.<name>``."""
+    return "attacks" in node and OmegaConf.to_container(node, resolve=False)["attacks"] == "${oc.select:attacks,null}"
+
+
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     """Every callback of a run: seeded randomness and resumable checkpoints first, then ``cfg.callbacks`` and ``perf``.
 
@@ -84,6 +89,8 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
         if name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True):
             continue  # trainer.enable_progress_bar=false alone turns the bar off (Lightning refuses a bar callback then)
         extra = {"attack": build_attack(cfg)} if _uses_run_attack(node) else {}
+        if _uses_run_attacks(node):
+            extra["attacks"] = instantiate_attacks(cfg)
         callbacks.append(instantiate_group(cfg, f"callbacks.{name}", **extra))
     perf = cfg.get("perf")
     if perf is not None and perf.get("_target_"):
@@ -209,7 +216,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             print_results_table(metrics, title=[
                 f"{module.objective.label} · {cfg.data.name} · attack {attack_label(attack, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
-            ], warnings=warnings)
+            ], warnings=warnings,
+                uncertainty=evaluation.uncertainty if evaluation is not None else None)
         return metrics
     finally:
         finish_wandb()

@@ -1,8 +1,9 @@
-"""Adversaries in pixel space: threat models, PGD, FGSM and the Multi-Targeted attack.
+"""Adversaries in pixel space: threat models, PGD, FGSM, the Multi-Targeted attack and AutoAttack.
 
 Also the inner maximisations of TRADES and LLR, written on the same PGD loop.
 """
 
+from robustlip.attacks.autoattack import AutoAttack
 from robustlip.attacks.base import Attack, attack_context, input_gradient, model_mode
 from robustlip.attacks.divergence import KLDivergencePGD, prediction_divergence
 from robustlip.attacks.local_linearity import LocalLinearityPGD, directional_derivative, linearity_gap
@@ -21,6 +22,7 @@ __all__ = [
     "FGSM",
     "PGD",
     "Attack",
+    "AutoAttack",
     "KLDivergencePGD",
     "L2Threat",
     "LinfRenormThreat",

@@ -1,7 +1,9 @@
 """wandb as a view on top of the files (DESIGN.md): what a dashboard needs to compare methods.
 
 ``WandbResults`` is a Lightning callback that, at the end of testing, puts the paper's final metrics
-into the run summary, logs them as a one-row ``wandb.Table`` (key ``results``; a workspace panel
+(and each attack's ``test/adv_acc/<name>`` when several ran) into the run summary, each with its
+number of examples and its Wilson 95% interval (``<key>_n``, ``<key>_ci95_low``, ``<key>_ci95_high``;
+a Lipschitz estimate its standard error, ``<key>_se``), logs them as a one-row ``wandb.Table`` (key ``results``; a workspace panel
 concatenates the rows of all runs, one table per sweep), records the paper's row label (``method``,
 e.g. ``TRADES(β=6)``) and ``dropout`` in the run config, and adds the job's Hydra overrides as tags.
 The run *group* is fixed when the run starts, so sweeps set it on the command line
@@ -69,11 +71,27 @@ class WandbResults(pl.Callback):
         self.tag_overrides = tag_overrides
 
     @staticmethod
-    def _final_metrics(trainer: pl.Trainer) -> dict[str, float]:
-        for callback in trainer.callbacks:
-            if isinstance(callback, RobustEvaluation):
-                return {k: float(callback.metrics[k]) for k in RESULT_KEYS if k in callback.metrics}
-        return {}
+    def _evaluation(trainer: pl.Trainer) -> RobustEvaluation | None:
+        return next((c for c in trainer.callbacks if isinstance(c, RobustEvaluation)), None)
+
+    @classmethod
+    def _final_metrics(cls, trainer: pl.Trainer) -> dict[str, float]:
+        evaluation = cls._evaluation(trainer)
+        if evaluation is None:
+            return {}
+        keys = [*RESULT_KEYS, *sorted(k for k in evaluation.metrics if k.startswith(("test/adv_acc/", "train/adv_acc/")))]
+        return {k: float(evaluation.metrics[k]) for k in keys if k in evaluation.metrics}
+
+    @classmethod
+    def _uncertainty(cls, trainer: pl.Trainer, keys: list[str]) -> dict[str, float]:
+        """``<key>_n``, ``<key>_ci95_low``/``_ci95_high`` (accuracies) or ``<key>_se`` (means), flat for the summary."""
+        evaluation = cls._evaluation(trainer)
+        out: dict[str, float] = {}
+        for key in keys:
+            for field, value in ((evaluation.uncertainty.get(key) or {}) if evaluation else {}).items():
+                if field in ("n", "ci95_low", "ci95_high", "se") and value is not None:
+                    out[f"{key}_{field}"] = value
+        return out
 
     @staticmethod
     def _row_label(pl_module: pl.LightningModule) -> tuple[str, str]:
@@ -93,14 +111,16 @@ class WandbResults(pl.Callback):
         import wandb
 
         metrics = self._final_metrics(trainer)
+        uncertainty = self._uncertainty(trainer, list(metrics))
         method, dropout = self._row_label(pl_module)
         overrides = hydra_overrides()
         for logger in loggers:
             run = logger.experiment
             run.config.update({"method": method, "dropout": dropout, "overrides": overrides}, allow_val_change=True)
-            run.summary.update({**metrics, "method": method, "dropout": dropout})
-            columns = ["method", "dropout", *RESULT_KEYS, "overrides"]
-            row: list[Any] = [method, dropout, *[metrics.get(k) for k in RESULT_KEYS], " ".join(overrides)]
+            run.summary.update({**metrics, **uncertainty, "method": method, "dropout": dropout})
+            keys = [*metrics, *uncertainty]
+            columns = ["method", "dropout", *keys, "overrides"]
+            row: list[Any] = [method, dropout, *[metrics.get(k, uncertainty.get(k)) for k in keys], " ".join(overrides)]
             run.log({self.table_key: wandb.Table(columns=columns, data=[row])})
             if self.tag_overrides:
                 run.tags = tuple(dict.fromkeys([*(run.tags or ()), *override_tags(overrides), method]))

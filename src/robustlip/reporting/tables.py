@@ -3,7 +3,10 @@
 Files first (DESIGN.md): every run leaves ``results.json`` and the resolved ``config.yaml``; the
 report reads only those, so a sweep becomes a table with no wandb at all and from any launcher (local,
 per GPU, SLURM). Rows are methods named by their objective (``Objective.label``: ``TRADES(β=6)``,
-``RST(λ=.5)``) with the dropout value; runs that differ only by seed are averaged (mean ± std).
+``RST(λ=.5)``) with the dropout value; runs that differ only by seed are averaged (mean ± std). A row
+of one run shows its own uncertainty instead, from results.json's ``uncertainty``: ``48.60 ± 1.03``
+is an accuracy and the half-width of its Wilson 95% interval, ``66.4 ± 0.9`` a Lipschitz estimate
+and its standard error over examples.
 Anything else that differs between two runs of one row (a swept lr, a different ε) splits the row and
 is named in its label, so a table never silently averages different settings.
 """
@@ -38,6 +41,23 @@ HEADERS = {
     "adv_gap": "adv gap",
 }
 
+#: What a ± means in the tables below (report.md prints it under the tables).
+PLUS_MINUS_NOTE = (
+    "Accuracies and gaps in %. ± is the std over distinct seeds where a row has several (runs that repeat a "
+    "seed are averaged first); for a single seed it is the half-width of the Wilson 95% interval of an "
+    "accuracy, the standard error of a Lipschitz estimate."
+)
+
+
+def error_bar(record: dict[str, Any] | None) -> float | None:
+    """The ± of one run's number from its uncertainty record: Wilson half-width, else the standard error."""
+    if not record:
+        return None
+    if record.get("ci95_low") is not None and record.get("ci95_high") is not None:
+        return (float(record["ci95_high"]) - float(record["ci95_low"])) / 2.0
+    se = record.get("se")
+    return None if se is None else float(se)
+
 
 @dataclass
 class Run:
@@ -46,6 +66,8 @@ class Run:
     path: Path
     config: dict[str, Any]
     metrics: dict[str, float]
+    #: results.json's ``uncertainty``: per metric its n and Wilson interval (accuracies) or standard error.
+    uncertainty: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)
@@ -111,11 +133,13 @@ def find_runs(dirs: Iterable[str | Path]) -> tuple[list[Run], list[Path]]:
                 log.warning("skipping %s: no config.yaml beside results.json", run_dir)
                 continue
             try:
-                metrics = json.loads(results.read_text()).get("metrics", {})
+                payload = json.loads(results.read_text())
             except ValueError as exc:
                 log.warning("skipping %s: %s", results, exc)
                 continue
-            runs.append(Run(run_dir, flatten(config), {k: v for k, v in metrics.items() if v is not None}))
+            metrics = payload.get("metrics", {})
+            runs.append(Run(run_dir, flatten(config), {k: v for k, v in metrics.items() if v is not None},
+                            dict(payload.get("uncertainty") or {})))
         for overrides in sorted(root.rglob(".hydra/overrides.yaml")):
             run_dir = overrides.parent.parent.resolve()
             finished = (run_dir / "results.json").exists() or (run_dir / "separation.json").exists()
@@ -292,10 +316,13 @@ def stats(values: Sequence[float]) -> tuple[float, float | None]:
 # --------------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------------
-def _cell(values: Sequence[float], decimals: int) -> str:
+def _cell(row: Row, column: str, decimals: int) -> str:
+    values = seed_values(row, column)
     if not values:
         return "–"
     mean, std = stats(values)
+    if std is None:  # one seed: its run's own uncertainty, when results.json has it
+        std = error_bar(next(r for r in row.runs if column in r.metrics).uncertainty.get(column))
     return f"{mean:.{decimals}f}" if std is None else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
@@ -310,7 +337,7 @@ def markdown_tables(rows: Sequence[Row], columns: Sequence[str], decimals: int) 
         out.append("|---|---|---|" + "---|" * len(columns))
         for row in table_rows:
             cells = [row.label, row.dropout, seed_count(row)]
-            cells += [_cell(seed_values(row, c), decimals) for c in columns]
+            cells += [_cell(row, c, decimals) for c in columns]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
@@ -321,7 +348,8 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
         writer = csv.writer(handle)
         header = ["table", "method", "dropout", "settings", "n_runs", "n_seeds"]
         for c in columns:
-            header += [f"{c} mean", f"{c} std"]
+            # n, ci95_low/high (accuracies) and se (means) are one run's; empty for a row of several runs.
+            header += [f"{c} mean", f"{c} std", f"{c} n", f"{c} ci95_low", f"{c} ci95_high", f"{c} se"]
         writer.writerow(header)
         for row in rows:
             line: list[Any] = [row.table, row.method, row.dropout, row.extra, len(row.runs),
@@ -333,6 +361,9 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
                     line += [f"{mean:.6g}", "" if std is None else f"{std:.6g}"]
                 else:
                     line += ["", ""]
+                record = row.runs[0].uncertainty.get(c) if len(row.runs) == 1 else None
+                line += ["" if not record or record.get(k) is None else f"{record[k]:.6g}"
+                         for k in ("n", "ci95_low", "ci95_high", "se")]
             writer.writerow(line)
 
 
@@ -358,26 +389,41 @@ def attack_label(attack: Any, data_eps: float | None = None) -> str:
     return text
 
 
-def print_results_table(metrics: dict[str, float], title: str | Sequence[str] = "results",
-                        warnings: Sequence[str] = ()) -> None:
-    """One run's numbers in the order of the paper's tables (percent, Lipschitz constants as they are).
+def result_keys(metrics: dict[str, float]) -> list[str]:
+    """The paper's keys in the paper's order, each split's per-attack accuracies right after its adv_acc."""
+    keys: list[str] = []
+    for key in RESULT_KEYS:
+        if key in metrics:
+            keys.append(key)
+        keys += [k for k in metrics if k.startswith(f"{key}/") and k not in keys]
+    return keys + [k for k in metrics if k not in keys]
 
+
+def print_results_table(metrics: dict[str, float], title: str | Sequence[str] = "results",
+                        warnings: Sequence[str] = (), uncertainty: dict[str, dict[str, Any]] | None = None) -> None:
+    """One run's numbers in the order of the paper's tables, each with its ± and number of examples.
+
+    ± is the half-width of the Wilson 95% interval of an accuracy and the standard error of a mean.
     ``title`` lines are printed above the table as they are, never wrapped to the table's width (a run
     path stays one line that can be copied); ``warnings`` (e.g. a run that did not learn) below it.
     """
     from rich.console import Console
     from rich.table import Table
 
+    uncertainty = uncertainty or {}
     console = Console()
     for line in [title] if isinstance(title, str) else title:
         console.print(line, soft_wrap=True, markup=False, highlight=False)
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in RESULT_KEYS:
-        if key in metrics:
-            unit = "" if "lipschitz" in key else " %"
-            table.add_row(key, f"{metrics[key]:.2f}{unit}")
+    table.add_column("±", justify="right")
+    table.add_column("n", justify="right")
+    for key in result_keys(metrics):
+        unit = "" if "lipschitz" in key else " %"
+        record = uncertainty.get(key) or {}
+        bar = error_bar(record)
+        table.add_row(key, f"{metrics[key]:.2f}{unit}", "" if bar is None else f"{bar:.2f}", str(record.get("n", "")))
     console.print(table)
     for warning in warnings:
         console.print(f"warning: {warning}", soft_wrap=True, markup=False, highlight=False, style="bold yellow")

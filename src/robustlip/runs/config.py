@@ -94,6 +94,24 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise
 
 
+def instantiate_attacks(cfg: DictConfig, key: str = "attacks") -> dict[str, Any]:
+    """``attacks=[pgd,autoattack]`` (the node ``{name: attack config}`` at ``key``) as ``{name: Attack}``.
+
+    Each entry is built on its own, so a rejected value is named where it lives
+    (``attacks.autoattack.version='fast' is not allowed; ...``). Empty or absent: ``{}``.
+    """
+    node = OmegaConf.select(cfg, key)
+    built = {}
+    for name in node or {}:
+        try:
+            built[str(name)] = instantiate_group(cfg, f"{key}.{name}")
+        except ConfigError as exc:
+            # The attack names its keys as a single attack's (attack.version); say where this one is.
+            message = str(exc).replace(f"{key}.{name}.attack.", f"{key}.{name}.", 1).replace(" attack.", f" {key}.{name}.")
+            raise type(exc)(message) from exc
+    return built
+
+
 def save_resolved_config(cfg: DictConfig, output_dir: str | Path) -> Path:
     """config.yaml of the run: resolved, secrets redacted, written atomically (call it after validation)."""
     return write_text_atomic(Path(output_dir) / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(to_plain_dict(cfg))))
