@@ -17,9 +17,11 @@ worst case (an example counts as robust only if every attack failed on it), as R
 it. Each attack's wall time, AutoAttack's own flags and each attack's distance to the worst case go
 to ``results.json`` (``seconds``, ``gradient_masking``), with a warning when an attack overestimates
 robustness by more than ``attack_gap_warning`` points. ``n_examples`` evaluates a subset of the test
-set chosen with the evaluation's seed (the same examples for every attack, in every run). During fitting it can also attack the validation set
-every ``val_every_n_epochs`` epochs and log ``val/adv_acc`` (monitor it with a ``ModelCheckpoint``
-whose ``every_n_epochs`` is the same N; ``conf/callbacks/adv_checkpoint.yaml`` does that).
+set chosen with the evaluation's seed (the same examples for every attack, in every run).
+
+During fitting it can also attack the validation set every ``val_every_n_epochs`` epochs and log
+``val/adv_acc`` (monitor it with a ``ModelCheckpoint`` whose ``every_n_epochs`` is the same N;
+``conf/callbacks/adv_checkpoint.yaml`` does that).
 
 Reproducibility: every measurement of every batch (the attack's random start, the Lipschitz search's
 start, each probe) draws from its own stream, seeded with ``(seed, split, batch index, measurement
