@@ -77,16 +77,13 @@ def _run(net: nn.Module, datamodule, **kwargs) -> RobustEvaluation:
 
 
 def _per_example_correct(evaluation: RobustEvaluation, net: nn.Module, datamodule, name: str) -> Tensor:
-    """Replays one attack over the evaluation's subset, batch by batch on the same seeded streams."""
+    """Replays one attack over the evaluation's subset, batch by batch on that attack's own seeded stream."""
     model = CheckpointedNet(net)
     correct = []
     for batch_idx, (x, y) in enumerate(evaluation.test_subset_loader(datamodule)):
-        with seeded(evaluation.seed, "test", batch_idx, x.device):
-            # The callback's metrics run in order: the attacks before this one drew from the same stream.
-            for earlier, attack in evaluation.attacks.items():
-                x_adv = attack(model, x, y)
-                if earlier == name:
-                    break
+        # Each metric of a batch draws from its own stream (named after the metric, adv_acc/<attack>).
+        with seeded(evaluation.seed, "test", batch_idx, x.device, f"adv_acc/{name}"):
+            x_adv = evaluation.attacks[name](model, x, y)
             with torch.no_grad():
                 logits = net(x_adv)
         correct.append(logits.argmax(1) == y)
