@@ -324,3 +324,13 @@ def test_training_runs_take_attacks_from_the_command_line(train_cfg):
         match=r"^attacks.autoattack.version='plus' is not allowed with attacks.autoattack.norm='L1'",
     ):
         build_callbacks(bad)
+
+
+def test_the_console_title_names_every_attack_of_the_worst_case():
+    from robustlip.reporting.tables import evaluation_attack_label
+
+    several = RobustEvaluation(attack=None, attacks={"pgd": PGD(EPS), "autoattack": AutoAttack(EPS)}, results_file=None)
+    assert evaluation_attack_label(several, EPS) == (
+        f"worst case of PGD-10 ℓ∞ ε={EPS:g} and AutoAttack (standard) ℓ∞ ε={EPS:g}"
+    )
+    assert evaluation_attack_label(RobustEvaluation(attack=PGD(EPS), results_file=None), EPS) == f"PGD-10 ℓ∞ ε={EPS:g}"

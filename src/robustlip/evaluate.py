@@ -162,7 +162,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     from robustlip.callbacks.resume import EXIT_CODES, SignalStop
     from robustlip.module import CheckpointedNet
-    from robustlip.reporting.tables import attack_label, print_results_table
+    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
     from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
     from robustlip.train import prepare_data
 
@@ -195,7 +195,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             exit_code=EXIT_CODES[stop.stopped_by()],
         ) from None
     if trainer.is_global_zero:
-        attack = attack_label(evaluation.attack, setup.data.get("eps"))
+        attack = evaluation_attack_label(evaluation, setup.data.get("eps"))
         print_results_table(evaluation.metrics, title=[
             f"{_method(train_config)} · {setup.data.get('name', 'data')} · attack {attack}",
             f"checkpoint: {extra['checkpoint']}",

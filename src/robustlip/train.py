@@ -168,7 +168,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.callbacks.resume import SignalStop
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
-    from robustlip.reporting.tables import attack_label, print_results_table
+    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
         check_compatible,
@@ -212,9 +212,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics = dict(evaluation.metrics) if evaluation is not None else {}
             warnings = list(evaluation.warnings) if evaluation is not None else warnings
         if trainer.is_global_zero and metrics:
-            attack = evaluation.attack if evaluation is not None else None
             print_results_table(metrics, title=[
-                f"{module.objective.label} · {cfg.data.name} · attack {attack_label(attack, cfg.data.eps)}",
+                f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
             ], warnings=warnings,
                 uncertainty=evaluation.uncertainty if evaluation is not None else None)

@@ -379,6 +379,10 @@ def attack_label(attack: Any, data_eps: float | None = None) -> str:
 
     name = type(attack).__name__
     steps, norm, eps = steps_of(attack), norm_of(attack), getattr(attack, "eps", None)
+    if norm is None and isinstance(getattr(attack, "norm", None), str):  # AutoAttack names it Linf / L2 / L1
+        norm = {"linf": "inf", "l2": "2", "l1": "1"}.get(attack.norm.lower())
+    if isinstance(getattr(attack, "version", None), str):
+        name += f" ({attack.version})"
     text = name + (f"-{steps}" if steps and steps > 1 else "")
     if norm:
         text += " ℓ∞" if norm == "inf" else f" ℓ{norm}"
@@ -387,6 +391,14 @@ def attack_label(attack: Any, data_eps: float | None = None) -> str:
         if data_eps is not None and abs(float(eps) - float(data_eps)) > 1e-12:
             text += f" (≠ data.eps={float(data_eps):g}: allow_eps_mismatch)"
     return text
+
+
+def evaluation_attack_label(evaluation: Any, data_eps: float | None = None) -> str:
+    """The title's attack: the evaluation's attack, or the pointwise worst case over its several attacks."""
+    attacks = dict(getattr(evaluation, "attacks", None) or {})
+    if attacks:
+        return "worst case of " + " and ".join(attack_label(a, data_eps) for a in attacks.values())
+    return attack_label(getattr(evaluation, "attack", None), data_eps)
 
 
 def result_keys(metrics: dict[str, float]) -> list[str]:
