@@ -204,6 +204,9 @@ class Runner:
                     if program == "robustlip-eval" and any(w.startswith("data=") for w in words):
                         small.pop("+patch.data.test_size", None)
                         small["data.test_size"] = small.get("data.test_size", "128")
+                    test_size = small.get("+patch.data.test_size", small.get("data.test_size"))
+                    if program == "robustlip-eval" and test_size and any(w.startswith("n_examples=") for w in words):
+                        small["n_examples"] = test_size  # the attacks' subset: at most the smaller test set
                     words = [words[0], *with_settings(words[1:], small)]
             elif words[0] == "bash" and "multirun_sweeps/" in " ".join(words):
                 small = {"trainer.max_epochs": "1", "data.train_eval_size": "256", "data.test_size": "256",
