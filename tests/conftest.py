@@ -13,7 +13,18 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-torch.set_num_threads(2)
+#: Intra-op threads of every in-process run. Float sums follow the thread count, so a test that
+#: compares an in-process run with a subprocess (tests/test_reliability.py) gives the subprocess the same.
+TORCH_THREADS = 2
+torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Give back the thread count after each test: a test that drops to one thread must not change the
+    float rounding of the tests after it."""
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(autouse=True)
