@@ -17,7 +17,18 @@ from omegaconf import DictConfig, open_dict
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
-torch.set_num_threads(2)
+#: Intra-op threads of every in-process run. Float sums follow the thread count, so a test that
+#: compares an in-process run with a subprocess (tests/test_reliability.py) gives the subprocess the same.
+TORCH_THREADS = 2
+torch.set_num_threads(TORCH_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """Give back the thread count after each test: a test that drops to one thread must not change the
+    float rounding of the tests after it."""
+    yield
+    torch.set_num_threads(TORCH_THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ the batch mixing, the teacher's pseudo-labels and their cache, and the checks on
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,12 @@ from robustlip.runs.self_training import CACHE_FILE, prepare_self_training
 from robustlip.train import main, train
 from tests.conftest import FAST
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Small models run faster on one thread; the setting is given back (conftest.py pins 2)."""
+    torch.set_num_threads(1)
+    yield
 
 
 def _digits(**kwargs) -> DigitsDataModule:

@@ -189,7 +189,10 @@ def test_features_masked_natural_training_is_more_robust_and_at_weights_correlat
     assert adv["masked"] > adv["natural"] and adv["at"] > adv["natural"]
     assert tsipras_main(["features", str(tmp_path / "runs"), f"out_dir={tmp_path / 'report'}"]) == 0
     out = capsys.readouterr().out
-    assert f"| Natural, |ρ| > 0.5 | {int(keep.sum())} |" in out
+    assert f"| Natural, abs(ρ) > 0.5 | {int(keep.sum())} |" in out
+    # Every row of the markdown table has the header's number of cells (no "|" inside a cell).
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(runs) and len({line.count("|") for line in table}) == 1
     for figure in ("weights_vs_correlation.png", "weight_maps.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 1000
 

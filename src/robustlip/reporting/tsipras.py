@@ -211,7 +211,8 @@ def train_size_report(dirs: Sequence[str | Path], out_dir: Path) -> dict[str, An
 # --------------------------------------------------------------------------------------------------
 # 3. which features each model uses
 # --------------------------------------------------------------------------------------------------
-FEATURE_HEADER = ["method", "pixels used", "test acc", "adv test acc", "L1 weight share on |ρ| > 0.3"]
+# abs(ρ), not |ρ|: a "|" inside a cell would split it into two columns of the markdown table.
+FEATURE_HEADER = ["method", "pixels used", "test acc", "adv test acc", "L1 weight share on abs(ρ) > 0.3"]
 
 
 def _threshold(run: Run) -> float | None:
@@ -266,7 +267,7 @@ def features_report(dirs: Sequence[str | Path], out_dir: Path) -> dict[str, Any]
     for run in sorted(runs, key=lambda r: (r.get("seed"), _threshold(r) is not None, _threshold(r) or 0, method_name(r))):
         w = linear_weights(run)
         threshold = _threshold(run)
-        label = method_name(run) if threshold is None else f"{method_name(run)}, |ρ| > {threshold}"
+        label = method_name(run) if threshold is None else f"{method_name(run)}, abs(ρ) > {threshold}"
         used = int((w.abs() > 0).sum()) if threshold is not None else int(w.numel())
         rows.append([label, used, f"{run.metrics.get('test/acc', math.nan):.2f}",
                      f"{run.metrics.get('test/adv_acc', math.nan):.2f}", f"{weight_share(w, corr, 0.3):.3f}"])
