@@ -94,6 +94,13 @@ def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device, m
         yield
 
 
+def _has_own_checks(attack: Attack) -> bool:
+    """AutoAttack, which reports its own robustness flags in place of the gradient-masking probes."""
+    from robustlip.attacks.autoattack import AutoAttack
+
+    return isinstance(attack, AutoAttack)
+
+
 @contextmanager
 def outside_inference_mode() -> Iterator[None]:
     """Metric states and attacks must not be inference tensors, whatever loop calls us."""
@@ -315,18 +322,24 @@ class RobustEvaluation(pl.Callback):
         return [*per_attack, WorstCaseAccuracy([m.name for m in per_attack])]
 
     def _probe_attack(self) -> tuple[Attack | None, str | None]:
-        """The attack the probes vary (one with a threat model and a step: PGD-like) and its metric's name.
+        """The attack the probes vary and its metric's name.
 
-        The first such attack of ``attacks``, else ``attack``; with none (``attack=autoattack`` alone)
-        the ε sweep and the gradient-masking checks are skipped, with a log line.
+        The first attack whose variants exist (a threat model and a step, possibly inside a wrapper
+        such as Multi-Targeted: PGD-like), else the single ``attack`` itself, whose probes then record
+        which checks they skip and why. AutoAttack has its own checks (its flags): alone, the ε sweep
+        and the gradient-masking probes are skipped, with a log line.
         """
+        from robustlip.attacks.variants import unsupported
+
         if self.attacks:
             candidates = [(attack, f"adv_acc/{name}") for name, attack in self.attacks.items()]
         else:
             candidates = [(self.attack, AdversarialAccuracy.name)] if self.attack is not None else []
         for attack, source in candidates:
-            if hasattr(attack, "threat") and hasattr(attack, "step_size"):
+            if unsupported(attack, "eps") is None:
                 return attack, source
+        if not self.attacks and candidates and not _has_own_checks(self.attack):
+            return candidates[0]
         if self.probes and candidates:
             log.warning("the ε sweep and gradient-masking probes vary a PGD-like attack (threat model, step size); "
                         "none among %s: probes skipped", [type(a).__name__ for a, _ in candidates])
