@@ -184,3 +184,12 @@ def test_the_tradeoff_legend_is_beside_the_data_and_inside_the_figure(tmp_path):
     assert not box.overlaps(axes), "the legend covers the data"
     assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and figure.y0 <= box.y0 and box.y1 <= figure.y1, "legend cut off"
     pyplot().close(fig)
+
+
+def test_columns_of_several_attacks_are_named_after_their_attack(tmp_path):
+    metrics = {**_metrics(95.0, 50.0, 10.0), "test/adv_acc/pgd": 52.0, "test/adv_acc/autoattack": 50.0}
+    _run(tmp_path / "runs", "at", {"name": "at"}, metrics)
+    text = build_report(_cfg([tmp_path / "runs"], tmp_path / "out",
+                             "columns=[test/adv_acc/pgd,test/adv_acc/autoattack,test/adv_acc]"))["markdown"]
+    assert "| method | dropout | seeds | adv test acc (pgd) | adv test acc (autoattack) | adv test acc |" in text
+    assert "| AT | 0 | 1 | 52.00 | 50.00 | 50.00 |" in text

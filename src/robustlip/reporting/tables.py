@@ -41,6 +41,14 @@ HEADERS = {
     "adv_gap": "adv gap",
 }
 
+def header(key: str) -> str:
+    """A column's header: the paper's name, ``adv test acc (autoattack)`` for one attack of several."""
+    split, _, attack = key.partition("/adv_acc/")
+    if attack and split in ("train", "test", "val"):
+        return f"adv {split} acc ({attack})"
+    return HEADERS.get(key, key)
+
+
 #: What a ± means in the tables below (report.md prints it under the tables).
 PLUS_MINUS_NOTE = (
     "Accuracies and gaps in %. ± is the std over distinct seeds where a row has several (runs that repeat a "
@@ -333,7 +341,7 @@ def markdown_tables(rows: Sequence[Row], columns: Sequence[str], decimals: int) 
         tables.setdefault(row.table, []).append(row)
     for table, table_rows in tables.items():
         out += [f"### {table}", ""]
-        out.append("| method | dropout | seeds | " + " | ".join(HEADERS.get(c, c) for c in columns) + " |")
+        out.append("| method | dropout | seeds | " + " | ".join(header(c) for c in columns) + " |")
         out.append("|---|---|---|" + "---|" * len(columns))
         for row in table_rows:
             cells = [row.label, row.dropout, seed_count(row)]
