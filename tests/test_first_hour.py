@@ -312,6 +312,12 @@ def test_health_names_an_exploding_loss_and_the_summed_loss_fix():
     assert "the training loss exploded: 147 at the first step, 1.56e+03 at global step 9" in first
     assert "fidelity=faithful sums the loss over the batch" in first and "optimizer.lr=0.00078" in first
     assert second.startswith("the final val/acc is 10.2 %, chance level for 10 classes (10.0 %)")
+    # A summed loss whose lr was already scaled down (0.001 x 64 = a mean-loss 0.064) is not blamed again.
+    scaled = TrainingHealth(num_classes=10, fidelity="faithful", lr=0.001, batch_size=64)
+    scaled.first_loss, scaled.worst, scaled.val_acc, scaled.val_count = 147.0, (150.0, 3), 10.2, 180
+    (dead,) = scaled.diagnose()
+    assert "sums the loss" not in dead and "optimizer.lr=0.001 is too large (or too small)" in dead
+    assert "too few epochs" in dead
     healthy = TrainingHealth(num_classes=10, lr=0.05, batch_size=64)
     healthy.first_loss, healthy.worst, healthy.val_acc, healthy.val_count = 2.3, (2.4, 1), 91.0, 180
     assert healthy.diagnose() == []

@@ -28,6 +28,11 @@ def _scalar(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+#: The learning rate of a mean loss above which a summed (``fidelity=faithful``) loss is blamed: ten times
+#: the presets' SGD rate 0.05. Below it (e.g. the documented lr=0.001 x B=64) the sum is not the likely cause.
+SUMMED_LOSS_LR_LIMIT = 0.5
+
+
 class TrainingHealth(pl.Callback):
     """Warnings for a run that ended at chance accuracy or whose training loss exploded.
 
@@ -87,7 +92,8 @@ class TrainingHealth(pl.Callback):
     def advice(self) -> str:
         """The likely cause of a dead run and its fix, from the run's own settings."""
         lr = f"optimizer.lr={self.lr:g}" if self.lr is not None else "the learning rate"
-        if self.fidelity == "faithful" and self.batch_size:
+        summed_lr = None if self.lr is None or not self.batch_size else self.lr * self.batch_size
+        if self.fidelity == "faithful" and self.batch_size and (summed_lr is None or summed_lr > SUMMED_LOSS_LR_LIMIT):
             smaller = f"optimizer.lr={self.lr / self.batch_size:.2g}" if self.lr is not None else "a smaller optimizer.lr"
             return (f"likely cause: fidelity=faithful sums the loss over the batch, so the gradient is {self.batch_size}x "
                     f"that of a mean and {lr} (made for mean losses) is too large; try {smaller} "
