@@ -365,7 +365,19 @@ SMALL = ["trainer.max_epochs=2", "+trainer.limit_train_batches=3", "+trainer.lim
          "callbacks.robust_evaluation.lipschitz=null", "trainer.enable_progress_bar=false"]
 
 
-def test_ctrl_c_saves_like_sigterm_prints_the_resume_command_and_ckpt_path_last_finds_the_run(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def foreground_ctrl_c():
+    """Ctrl-C as a terminal delivers it. A test run started in the background (`cmd &`, nohup) inherits SIGINT
+    ignored, which SignalStop rightly keeps as it is; the tests of Ctrl-C are about the foreground case."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_like_sigterm_prints_the_resume_command_and_ckpt_path_last_finds_the_run(
+        tmp_path, capsys, monkeypatch, foreground_ctrl_c):
     import shlex
     import signal
 
