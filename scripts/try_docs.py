@@ -57,8 +57,9 @@ SKIP = [
     (r"multirun_sweeps/table[234]\.sh|^ ?bash multirun_sweeps/table1\.sh",
      "the paper's tables: GPU days and datasets this machine does not have"),
     (r"\s\.\.\.\s", "a pattern ('...' stands for your own arguments), not a command"),
-    (r"multirun_sweeps/tsipras_", "a Tsipras et al. sweep: its budget is part of what it measures (one epoch of "
-     "50 training examples is one SGD step); docs/tsipras.md shows its output, tests/test_tsipras.py runs it small"),
+    (r"multirun_sweeps/tsipras_", ("a Tsipras et al. sweep: its budget is part of what it measures (one epoch of "
+                                   "50 training examples is one SGD step); docs/tsipras.md shows its output, "
+                                   "tests/test_tsipras.py runs it small")),
     (r"download\.pytorch\.org", "an installation (PyTorch's CPU wheels from download.pytorch.org), not a usage example"),
 ]
 #: Skipped by --quick only (they run in the full form).
