@@ -165,33 +165,6 @@ class RobustDataModule(pl.LightningDataModule):
                               "split outside the labeled subset (e.g. data.train_size=1000 data.unlabeled=true)")
         return unlabeled
 
-    def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
-        """The labels of ``data.classes`` as plain ints; each must be a label of this dataset, once."""
-        if classes is None:
-            return None
-        values = list(_plain(classes)) if isinstance(classes, (Sequence, ListConfig)) and not isinstance(classes, str) else None
-        if not values or any(not isinstance(c, int) or isinstance(c, bool) for c in values):
-            raise ConfigError(f"data.classes={_plain(classes)!r} is not allowed; give a non-empty list of integer labels, e.g. [0, 6]")
-        bad = [c for c in values if not 0 <= c < self.num_classes]
-        if bad:
-            raise ConfigError(
-                f"data.classes={values} is not allowed for data={self.name}: label {bad[0]} does not exist; "
-                f"its labels are 0..{self.num_classes - 1}"
-            )
-        if len(set(values)) != len(values):
-            raise ConfigError(f"data.classes={values} is not allowed; each label may appear once")
-        return values
-
-    @staticmethod
-    def _check_train_size(train_size: float | None) -> int | float | None:
-        if train_size is None:
-            return None
-        if isinstance(train_size, bool) or not (
-            (isinstance(train_size, int) and train_size >= 1) or (isinstance(train_size, float) and 0 < train_size <= 1)
-        ):
-            raise ConfigError(f"data.train_size={train_size!r} is not allowed; use a count >= 1, a fraction in (0, 1] or null")
-        return train_size
-
     @property
     def in_features(self) -> int:
         """Number of input values per example (C·H·W): the width of an MLP's first layer."""
