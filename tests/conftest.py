@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +114,33 @@ def trained_digits_model() -> tuple[nn.Module, Tensor, Tensor]:
     with torch.no_grad():
         assert (model(x).argmax(1) == y).float().mean() > 0.9, "the fixture model must be accurate"
     return model, x, y
+
+
+ENTRIES = {"robustlip-train": "robustlip.train", "robustlip-eval": "robustlip.evaluate",
+           "robustlip-separation": "robustlip.separation"}
+
+
+def run_cli(command: str, args: list[str], tmp_path: Path, capsys, monkeypatch) -> tuple[int, str, str]:
+    """``command args`` through its console entry in this process; (exit code, stdout, stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    main = importlib.import_module(ENTRIES[command]).main
+    GlobalHydra.instance().clear()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ROBUSTLIP_LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", [command, *args])
+    capsys.readouterr()
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

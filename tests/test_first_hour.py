@@ -6,40 +6,11 @@ the checks cost no interpreter start-up); ``tests/test_reliability.py`` has the 
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
-ENTRIES = {"robustlip-train": "robustlip.train", "robustlip-eval": "robustlip.evaluate",
-           "robustlip-separation": "robustlip.separation"}
-
-
-def run_cli(command: str, args: list[str], tmp_path: Path, capsys, monkeypatch) -> tuple[int, str, str]:
-    """``command args`` through its console entry in this process; (exit code, stdout, stderr)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    main = importlib.import_module(ENTRIES[command]).main
-    GlobalHydra.instance().clear()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ROBUSTLIP_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", [command, *args])
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        GlobalHydra.instance().clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+from tests.conftest import error_lines, run_cli
 
 
 @pytest.fixture(scope="module")

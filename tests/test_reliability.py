@@ -29,8 +29,8 @@ from robustlip.objectives.base import ObjectiveOutput
 from robustlip.objectives.natural import Natural
 from robustlip.runs.checkpoints import CheckpointError, check_compatible, load_checkpoint, resolve_ckpt_path
 from robustlip.runs.config import to_plain_dict
-from robustlip.train import build_module, main, train
-from tests.conftest import FAST, TORCH_THREADS
+from robustlip.train import build_module, train
+from tests.conftest import FAST, TORCH_THREADS, error_lines, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 EXE = str(Path(sys.executable).with_name("robustlip-train"))
@@ -105,29 +105,6 @@ def _snapshot(run_dir: Path) -> dict[str, str]:
     }
 
 
-def _cli_inprocess(args: list[str], tmp_path: Path, capsys, monkeypatch) -> tuple[int, str]:
-    """Run ``robustlip-train args`` through the real console entry in this process; (exit code, stderr)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setenv("ROBUSTLIP_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["robustlip-train", *args])
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
 # -- bad input: one line, before training, nothing lost ---------------------------------------------
 def _module_checkpoint(train_cfg, path: Path, overrides: list[str]) -> Path:
     """A real checkpoint file (state_dict + the run config, as RobustClassifier stores them) of another net."""
@@ -165,9 +142,9 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_before_training_and_keeps_earlier_files(case, earlier_run, tmp_path, capsys, monkeypatch):
     overrides, words = BAD_INPUTS[case]
     before = _snapshot(earlier_run)
-    code, err = _cli_inprocess([*overrides, f"hydra.run.dir={earlier_run}"], tmp_path, capsys, monkeypatch)
+    code, _, err = run_cli("robustlip-train", [*overrides, f"hydra.run.dir={earlier_run}"], tmp_path, capsys, monkeypatch)
     assert code == 2, err[-2000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     for word in words:
         assert word in line, line
     assert "Traceback" not in err
@@ -200,9 +177,9 @@ def test_bad_checkpoints_are_refused_with_one_line(train_cfg, earlier_run, tmp_p
     }
     before = _snapshot(earlier_run)
     for path, words in cases.items():
-        code, err = _cli_inprocess([f"ckpt_path={path}", f"hydra.run.dir={earlier_run}"], tmp_path, capsys, monkeypatch)
+        code, _, err = run_cli("robustlip-train", [f"ckpt_path={path}", f"hydra.run.dir={earlier_run}"], tmp_path, capsys, monkeypatch)
         assert code == 2, (path.name, err[-2000:])
-        (line,) = _error_lines(err)
+        (line,) = error_lines(err)
         assert f"ckpt_path='{path}'" in line or "ckpt_path holds" in line, line
         for word in words:
             assert word in line, (path.name, line)
@@ -219,12 +196,12 @@ def test_bad_checkpoints_are_refused_with_one_line(train_cfg, earlier_run, tmp_p
 
 def test_missing_dataset_folder_is_one_line_naming_data_dir(earlier_run, tmp_path, capsys, monkeypatch):
     missing = tmp_path / "no-such-dataset"
-    code, err = _cli_inprocess(
+    code, _, err = run_cli("robustlip-train", 
         [f"data._target_={FolderDigits.__module__}.FolderDigits", f"data.data_dir={missing}", f"hydra.run.dir={earlier_run}"],
         tmp_path, capsys, monkeypatch,
     )
     assert code == 2, err[-2000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     assert f"data.data_dir='{missing}'" in line and "No such file or directory" in line, line
     assert "Traceback" not in err
 
@@ -233,14 +210,14 @@ def test_unwritable_output_directory_is_one_line(earlier_run, tmp_path, capsys, 
     """A regular file where a directory should be: unwritable even for root (chmod is not)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, err = _cli_inprocess([f"hydra.run.dir={blocker}/run"], tmp_path, capsys, monkeypatch)
+    code, _, err = run_cli("robustlip-train", [f"hydra.run.dir={blocker}/run"], tmp_path, capsys, monkeypatch)
     assert code == 2, err[-2000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     assert "hydra.run.dir" in line and str(blocker) in line and "Not a directory" in line, line
     before = _snapshot(earlier_run)
-    code, err = _cli_inprocess([f"hydra.run.dir={earlier_run}", f"paths.output_dir={blocker}/out"], tmp_path, capsys, monkeypatch)
+    code, _, err = run_cli("robustlip-train", [f"hydra.run.dir={earlier_run}", f"paths.output_dir={blocker}/out"], tmp_path, capsys, monkeypatch)
     assert code == 2, err[-2000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     assert f"paths.output_dir='{blocker}/out' is not writable" in line, line
     assert _snapshot(earlier_run) == before
 
@@ -266,13 +243,13 @@ def test_resolve_ckpt_path_last_and_auto(tmp_path):
 def test_nan_loss_stops_naming_step_and_parts_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     monkeypatch.syspath_prepend(str(REPO))
-    code, err = _cli_inprocess(
+    code, _, err = run_cli("robustlip-train", 
         [*FAST, "trainer.max_epochs=2", f"objective._target_={NaNAfter.__module__}.NaNAfter", "+objective.after=4",
          f"hydra.run.dir={run_dir}"],
         tmp_path, capsys, monkeypatch,
     )
     assert code == 1, err[-2000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     assert "training loss is nan at epoch 1, global step 4 (batch 1)" in line, line
     assert "loss parts: natural=nan" in line and "last good checkpoint is kept" in line, line
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -379,16 +356,16 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_and_ckpt_path_last_resumes_exactly
     run_dir = tmp_path / "run"
     signal_at = [f"+callbacks.sigterm._target_={SignalAt.__module__}.SignalAt", "+callbacks.sigterm.epoch=1",
                  "+callbacks.sigterm.batch=2"]
-    code, err = _cli_inprocess([*RESUME, *signal_at, f"hydra.run.dir={run_dir}"], tmp_path, capsys, monkeypatch)
+    code, _, err = run_cli("robustlip-train", [*RESUME, *signal_at, f"hydra.run.dir={run_dir}"], tmp_path, capsys, monkeypatch)
     assert code == 143, err[-3000:]
-    (line,) = _error_lines(err)
+    (line,) = error_lines(err)
     assert "interrupted by SIGTERM" in line and "ckpt_path=last" in line and str(run_dir) in line, line
     saved = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]
     assert (saved["epoch"], saved["global_step"], progress["completed"]) == (1, 9, 3), "not the state SIGTERM stopped at"
     assert not (run_dir / "results.json").exists()
 
-    code, err = _cli_inprocess([*RESUME, f"hydra.run.dir={run_dir}", "ckpt_path=last"], tmp_path, capsys, monkeypatch)
+    code, _, err = run_cli("robustlip-train", [*RESUME, f"hydra.run.dir={run_dir}", "ckpt_path=last"], tmp_path, capsys, monkeypatch)
     assert code == 0, err[-3000:]
     _assert_same_run(run_dir, uninterrupted)
 
@@ -411,6 +388,6 @@ def test_sigkill_after_an_epoch_resumes_with_resume_auto_exactly(uninterrupted, 
     killed_at = load_checkpoint(last)["global_step"]
     assert killed_at < 18 and not (run_dir / "results.json").exists(), "killed too late to test anything"
 
-    code, err = _cli_inprocess([*RESUME, f"hydra.run.dir={run_dir}", "resume=auto"], tmp_path, capsys, monkeypatch)
+    code, _, err = run_cli("robustlip-train", [*RESUME, f"hydra.run.dir={run_dir}", "resume=auto"], tmp_path, capsys, monkeypatch)
     assert code == 0, err[-3000:]
     _assert_same_run(run_dir, uninterrupted)
