@@ -38,6 +38,7 @@ from pyautoattack import checks as official_checks
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
+from robustlip.attacks.threat import NORM_SPELLINGS
 from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
 
 VERSIONS = ("standard", "plus", "rand", "custom")
@@ -66,16 +67,15 @@ FLAG_PATTERNS = (
 )
 
 
+#: AutoAttack's names of robustlip's canonical norms (attacks/threat.py).
+AA_NORM_NAMES = {"inf": "Linf", "2": "L2", "1": "L1"}
+
+
 def canonical_aa_norm(norm: str | float) -> str:
     """AutoAttack's spelling of a norm ("Linf", "L2", "L1") for any of robustlip's spellings."""
-    spellings = {
-        "Linf": ("Linf", "linf", "inf", float("inf")),
-        "L2": ("L2", "l2", "2", 2),
-        "L1": ("L1", "l1", "1", 1),
-    }
-    for name, names in spellings.items():
-        if norm in names:
-            return name
+    name = next((name for name, spellings in NORM_SPELLINGS.items() if norm in spellings), None)
+    if name is not None:
+        return AA_NORM_NAMES[name]
     raise ConfigError(f"attack.norm={norm!r} is not allowed; choose one of 'Linf', 'L2', 'L1'")
 
 

@@ -387,8 +387,10 @@ def attack_label(attack: Any, data_eps: float | None = None) -> str:
 
     name = type(attack).__name__
     steps, norm, eps = steps_of(attack), norm_of(attack), getattr(attack, "eps", None)
-    if norm is None and isinstance(getattr(attack, "norm", None), str):  # AutoAttack names it Linf / L2 / L1
-        norm = {"linf": "inf", "l2": "2", "l1": "1"}.get(attack.norm.lower())
+    if norm is None and getattr(attack, "norm", None) is not None:  # AutoAttack names it Linf / L2 / L1
+        from robustlip.attacks.threat import NORM_SPELLINGS, canonical_norm
+
+        norm = canonical_norm(attack.norm, allowed=tuple(NORM_SPELLINGS))
     if isinstance(getattr(attack, "version", None), str):
         name += f" ({attack.version})"
     text = name + (f"-{steps}" if steps and steps > 1 else "")
