@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import math
-import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,14 +26,11 @@ from typing import Any
 import torch
 
 from robustlip.reporting.plots import pyplot
-from robustlip.reporting.tables import Run, find_runs
+from robustlip.reporting.tables import Run, find_runs, method_label, stats
 from robustlip.runs.files import atomic_write
 from robustlip.theory.tsipras import TsiprasSetting, robust_accuracy_bound
 
 log = logging.getLogger(__name__)
-
-METHOD_NAMES = {"natural": "Natural", "at": "AT", "trades": "TRADES", "gr": "GR", "llr": "LLR", "rst": "RST"}
-
 
 class ReportError(ValueError):
     """A report that cannot be made from the given directories (one line, the reason)."""
@@ -54,12 +50,14 @@ def model_name(run: Run) -> str:
 
 
 def method_name(run: Run) -> str:
-    name = str(run.get("objective.name", "?"))
-    return METHOD_NAMES.get(name, name)
+    """The run's row name, as every report names it (the objective's own label: Natural, AT, ...)."""
+    return method_label(run)[0]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    """Mean and standard deviation over seeds; 0 for a single value (these tables print ± 0.00)."""
+    mean, std = stats(values)
+    return mean, 0.0 if std is None else std
 
 
 def _pct(value: float | None, decimals: int = 2) -> str:
