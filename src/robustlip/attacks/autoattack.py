@@ -156,6 +156,8 @@ class AutoAttack(Attack):
     until :meth:`reset_records`.
     """
 
+    reports_own_checks = True
+
     #: The key of this attack's flags in results.json's ``gradient_masking`` section.
     name = "autoattack"
 

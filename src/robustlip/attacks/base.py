@@ -55,6 +55,10 @@ def input_gradient(loss_fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tens
 class Attack(ABC):
     """An adversary: ``attack(model, x, y)`` returns a detached ``x_adv`` of the same shape as ``x``."""
 
+    #: True for an attack that reports its own robustness flags (AutoAttack's ``checks``): alone, it takes
+    #: the place of the gradient-masking probes, which vary PGD-like attacks (callbacks/robust_evaluation.py).
+    reports_own_checks: bool = False
+
     def __init__(self, model_mode: str = "eval") -> None:
         self.model_mode = check_choice("attack.model_mode", model_mode, MODEL_MODES)
 

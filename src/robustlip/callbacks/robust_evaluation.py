@@ -94,13 +94,6 @@ def seeded(seed: int | None, split: str, batch_idx: int, device: torch.device, m
         yield
 
 
-def _has_own_checks(attack: Attack) -> bool:
-    """AutoAttack, which reports its own robustness flags in place of the gradient-masking probes."""
-    from robustlip.attacks.autoattack import AutoAttack
-
-    return isinstance(attack, AutoAttack)
-
-
 @contextmanager
 def outside_inference_mode() -> Iterator[None]:
     """Metric states and attacks must not be inference tensors, whatever loop calls us."""
@@ -338,7 +331,7 @@ class RobustEvaluation(pl.Callback):
         for attack, source in candidates:
             if unsupported(attack, "eps") is None:
                 return attack, source
-        if not self.attacks and candidates and not _has_own_checks(self.attack):
+        if not self.attacks and candidates and not getattr(self.attack, "reports_own_checks", False):
             return candidates[0]
         if self.probes and candidates:
             log.warning("the ε sweep and gradient-masking probes vary a PGD-like attack (threat model, step size); "
