@@ -74,7 +74,7 @@ QUICK_SKIP = [
 SMALL = {
     "robustlip-train": {"trainer.max_epochs": "1", "data.train_eval_size": "256", "data.test_size": "256",
                         "trainer.enable_progress_bar": "false"},
-    "robustlip-eval": {"+patch.data.test_size": "128", "sanity.max_batches": "1", "trainer.enable_progress_bar": "false"},
+    "robustlip-eval": {"+patch.data.test_size": "128", "sanity.max_batches": "1", "progress": "false"},
     "robustlip-separation": {},
 }
 QUICK = {"robustlip-train": {"+trainer.limit_train_batches": "12", "data.train_eval_size": "128", "data.test_size": "128",
@@ -212,7 +212,7 @@ class Runner:
                     if any(w.split("=", 1)[0] in SMALL_DATA_KEYS for w in words):
                         # The command already picks a small training set: it runs as documented (a smaller test
                         # set, fewer epochs or batches would cut what the example is about, or exceed its sets).
-                        small = {k: v for k, v in small.items() if k == "trainer.enable_progress_bar"}
+                        small = {k: v for k, v in small.items() if k in ("trainer.enable_progress_bar", "progress")}
                     if program == "robustlip-eval" and any(w.startswith("data=") for w in words):
                         small.pop("+patch.data.test_size", None)
                         small["data.test_size"] = small.get("data.test_size", "128")

@@ -20,11 +20,14 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from robustlip.attacks import PGD, AutoAttack
-from robustlip.callbacks import GradientMaskingWarning, RobustEvaluation
-from robustlip.callbacks.robust_evaluation import seeded, seeded_subset
-from robustlip.evaluate import CheckpointedNet, evaluate
+from robustlip.callbacks import RobustEvaluation
+from robustlip.evaluate import evaluate
+from robustlip.evaluation import GradientMaskingWarning
+from robustlip.evaluation.batches import seeded_subset
+from robustlip.evaluation.streams import seeded
 from robustlip.metrics import LocalLipschitz
 from robustlip.metrics.intervals import wilson_interval
+from robustlip.module import CheckpointedNet
 from robustlip.runs.errors import ConfigError
 from robustlip.train import train
 from tests.conftest import FAST, compose_train_cfg
@@ -240,7 +243,7 @@ def test_eval_of_a_checkpoint_with_autoattack_as_configured(trained, tmp_path):
             "n_examples=8",
             "evaluate_train=false",
             "lipschitz=off",
-            "trainer.enable_progress_bar=false",
+            "progress=false",
         ],
         "eval",
     )
@@ -258,34 +261,16 @@ def test_eval_of_a_checkpoint_with_autoattack_as_configured(trained, tmp_path):
     assert results["uncertainty"]["test/adv_acc"]["n"] == 8
 
 
-def _cli_eval(tmp_path: Path, name: str, ckpt: Path, *extra: str) -> dict:
-    exe = Path(sys.executable).with_name("robustlip-eval")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = tmp_path / name
+def _lightning_eval(tmp_path: Path, name: str, ckpt: Path, devices: int) -> dict:
+    """The RobustEvaluation callback under trainer.test on ``devices`` CPU processes (tests/_ddp_evaluation.py)."""
+    results = tmp_path / name / "results.json"
     proc = subprocess.run(
-        [
-            str(exe),
-            f"ckpt_path={ckpt}",
-            "attacks=[pgd,autoattack]",
-            "attacks.autoattack.version=custom",
-            "attacks.autoattack.attacks=[apgd-ce]",
-            "n_examples=40",
-            "sanity=null",
-            "lipschitz=local",
-            "lipschitz.steps=1",
-            "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={out}",
-            *extra,
-        ],
-        cwd=tmp_path,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
+        [sys.executable, str(Path(__file__).with_name("_ddp_evaluation.py")), str(ckpt), str(results), str(devices)],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False, capture_output=True, text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((out / "results.json").read_text())
+    return json.loads(results.read_text())
 
 
 @pytest.mark.slow
@@ -293,12 +278,25 @@ def test_two_cpu_processes_give_the_single_process_numbers(trained, tmp_path):
     run_dir, _, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     # 40 test and 32 training examples in batches of 8: 5 and 4 batches, dealt unevenly to two processes.
-    single = _cli_eval(tmp_path, "single", ckpt)
-    ddp = _cli_eval(tmp_path, "ddp", ckpt, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    single = _lightning_eval(tmp_path, "single", ckpt, 1)
+    ddp = _lightning_eval(tmp_path, "ddp", ckpt, 2)
     assert ddp["metrics"] == single["metrics"]
     assert ddp["uncertainty"] == single["uncertainty"]
     assert ddp["examples"] == single["examples"] == {"test": 40, "train": 32}
-    assert ddp["evaluated"]["attacks"]["autoattack"]["attacks"] == ["apgd-ce"]
+    assert "apgd-ce" in ddp["attacks"]["autoattack"]
+    # The library evaluator (robustlip-eval's) gives the adapter's numbers on the same points.
+    from robustlip.attacks import PGD, AutoAttack
+    from robustlip.evaluation import evaluate as measure
+    from robustlip.metrics import LocalLipschitz
+    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
+
+    loaded = load_checkpoint(ckpt)
+    config = checkpoint_config(loaded)
+    datamodule = instantiate(config["data"])
+    library = measure(net_from_checkpoint(loaded, config), datamodule,
+                      {"pgd": PGD(EPS), "autoattack": AutoAttack(EPS, version="custom", attacks=["apgd-ce"])},
+                      lipschitz=LocalLipschitz(EPS, steps=1), n_examples=40, verbose=False)
+    assert library.metrics == single["metrics"]
 
 
 def test_training_runs_take_attacks_from_the_command_line(train_cfg):
@@ -309,7 +307,7 @@ def test_training_runs_take_attacks_from_the_command_line(train_cfg):
     assert list(evaluation.attacks) == ["pgd", "autoattack"]
     assert evaluation.attacks["autoattack"].eps == 0.2 and evaluation.attacks["pgd"].eps == 0.2
     assert isinstance(evaluation.attack, PGD), "the run's attack still serves val/adv_acc"
-    assert [m.name for m in evaluation.measurements][:4] == [
+    assert [m.name for m in evaluation.evaluator.measurements][:4] == [
         "acc",
         "adv_acc/pgd",
         "adv_acc/autoattack",
@@ -330,7 +328,7 @@ def test_the_console_title_names_every_attack_of_the_worst_case():
     from robustlip.reporting.tables import evaluation_attack_label
 
     several = RobustEvaluation(attack=None, attacks={"pgd": PGD(EPS), "autoattack": AutoAttack(EPS)}, results_file=None)
-    assert evaluation_attack_label(several, EPS) == (
+    assert evaluation_attack_label(several.attacks, EPS) == (
         f"worst case of PGD-10 ℓ∞ ε={EPS:g} and AutoAttack (standard) ℓ∞ ε={EPS:g}"
     )
-    assert evaluation_attack_label(RobustEvaluation(attack=PGD(EPS), results_file=None), EPS) == f"PGD-10 ℓ∞ ε={EPS:g}"
+    assert evaluation_attack_label(RobustEvaluation(attack=PGD(EPS), results_file=None).attack, EPS) == f"PGD-10 ℓ∞ ε={EPS:g}"

@@ -143,8 +143,8 @@ def test_configured_defaults_are_the_papers(train_cfg):
     pgd = instantiate(train_cfg(["attack=pgd"]).attack)
     assert (pgd.steps, pgd.step_size, pgd.start) == (10, pytest.approx(0.1 / 5), "uniform")
     mt = instantiate(train_cfg(["attack=multi_targeted"]).attack)
-    assert (mt.targeted_pgd.steps, mt.targeted_pgd.step_size) == (20, pytest.approx(0.1 / 10))
-    assert mt.targeted_pgd.targeted and mt.targeted_pgd.start == "uniform"
+    assert (mt.inner.steps, mt.inner.step_size) == (20, pytest.approx(0.1 / 10))
+    assert mt.inner.targeted and mt.inner.start == "uniform"
 
 
 # --- the closed-form worst case of a linear model ---------------------------------------------------

@@ -222,13 +222,15 @@ def test_bad_settings_fail_early_with_one_line_naming_the_key(kwargs, message):
 
 
 def test_l1_with_the_standard_version_is_accepted():
-    assert AutoAttack(EPS, norm="l1").norm == "L1"
-    assert AutoAttack(EPS, norm="inf").norm == "Linf" and AutoAttack(EPS, norm=2).norm == "L2"
+    assert AutoAttack(EPS, norm="l1").aa_norm == "L1"
+    assert AutoAttack(EPS, norm="inf").aa_norm == "Linf" and AutoAttack(EPS, norm=2).aa_norm == "L2"
+    # The attack contract's norm is robustlip's one spelling, as for PGD (attacks/base.py).
+    assert [AutoAttack(EPS, norm=n).norm for n in ("l1", "Linf", 2)] == ["1", "inf", "2"]
 
 
 def test_config_group_takes_eps_and_classes_from_the_data(train_cfg):
     attack = instantiate(train_cfg(["attack=autoattack", "data=digits", "data.eps=0.2"]).attack)
     assert isinstance(attack, AutoAttack)
-    assert (attack.eps, attack.norm, attack.version, attack.seed) == (0.2, "Linf", "standard", 0)
+    assert (attack.eps, attack.aa_norm, attack.version, attack.seed) == (0.2, "Linf", "standard", 0)
     assert attack.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
     assert attack.num_classes == 10

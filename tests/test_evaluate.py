@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 
 def _eval_cfg(out_dir: Path, ckpt: Path, *overrides: str):
-    return compose_train_cfg(out_dir, [f"ckpt_path={ckpt}", "trainer.enable_progress_bar=false", *overrides], "eval")
+    return compose_train_cfg(out_dir, [f"ckpt_path={ckpt}", "progress=false", *overrides], "eval")
 
 
 def test_eval_of_the_checkpoint_reproduces_the_numbers_training_wrote(trained, tmp_path):
@@ -63,7 +63,7 @@ def test_cli_eps_sweep_writes_the_curve_as_csv_and_png(trained, tmp_path):
     env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [str(exe), f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "eps_sweep=[0,0.1,0.4]", "sanity=null",
-         "evaluate_train=false", "lipschitz=off", "trainer.enable_progress_bar=false"],
+         "evaluate_train=false", "lipschitz=off", "progress=false"],
         cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from robustlip.attacks.base import Attack
 from tests.conftest import error_lines, run_cli
 
 
@@ -136,14 +137,19 @@ def test_every_accuracy_is_in_percent(checkpoint):
 
 
 # -- 1. every attack works with robustlip-eval's defaults; what can run is decided before any work ---------------
-class StepFreeAttack:
-    """An attack with a radius but no threat model, steps or step size (as an external attack library's)."""
+class StepFreeAttack(Attack):
+    """An attack with a radius but no threat model, steps or step size (as an external attack library's, wrapped)."""
 
     def __init__(self, eps: float) -> None:
-        self.eps = eps
+        super().__init__()
+        self.radius = eps
         self.calls = 0
 
-    def __call__(self, model, x, y):
+    @property
+    def eps(self) -> float:
+        return self.radius
+
+    def perturb(self, model, x, y):
         self.calls += 1
         return x.clone()
 
@@ -153,7 +159,7 @@ def test_multi_targeted_runs_with_the_default_sanity_checks_and_an_eps_sweep(che
 
     code, _, err = run_cli("robustlip-eval", [
         f"ckpt_path={checkpoint}", "attack=multi_targeted", "attack.steps=2", "+patch.data.test_size=16",
-        "evaluate_train=false", "lipschitz=off", "eps_sweep=[0,0.2]", "trainer.enable_progress_bar=false",
+        "evaluate_train=false", "lipschitz=off", "eps_sweep=[0,0.2]", "progress=false",
     ], tmp_path, capsys, monkeypatch)
     assert code == 0, err[-3000:]
     (results_file,) = (tmp_path / "logs").rglob("results.json")
@@ -171,8 +177,8 @@ def test_multi_targeted_runs_with_the_default_sanity_checks_and_an_eps_sweep(che
     attack = instantiate({"_target_": "robustlip.attacks.MultiTargeted", "eps": 0.1, "steps": 20})
     wider, longer = with_eps(attack, 0.2), with_steps(attack, 40)
     assert type(wider).__name__ == "MultiTargeted" and wider.eps == 0.2 and attack.eps == 0.1
-    assert wider.targeted_pgd.step_size == pytest.approx(2 * attack.targeted_pgd.step_size)
-    assert longer.targeted_pgd.steps == 40 and attack.targeted_pgd.steps == 20
+    assert wider.inner.step_size == pytest.approx(2 * attack.inner.step_size)
+    assert longer.inner.steps == 40 and attack.inner.steps == 20
     assert fgsm_like(attack).eps == 0.1
 
 
@@ -189,7 +195,7 @@ def test_an_attack_without_variants_skips_the_checks_that_need_them_and_refuses_
 
     def cfg(*overrides: str):
         c = compose_train_cfg(tmp_path, [f"ckpt_path={checkpoint}", "+patch.data.test_size=16", "evaluate_train=false",
-                                         "lipschitz=off", "trainer.enable_progress_bar=false", *overrides], "eval")
+                                         "lipschitz=off", "progress=false", *overrides], "eval")
         with open_dict(c):
             c.attack = {"_target_": f"{__name__}.StepFreeAttack", "eps": 0.1}
         return c
@@ -216,7 +222,7 @@ def test_the_lipschitz_estimate_of_a_checkpoint_does_not_depend_on_the_attack(ch
         out = tmp_path / attack
         cfg = compose_train_cfg(out, [f"ckpt_path={checkpoint}", f"attack={attack}", "+patch.data.test_size=32",
                                       "evaluate_train=false", "sanity=null", "lipschitz=local", "lipschitz.steps=3",
-                                      "trainer.enable_progress_bar=false"], "eval")
+                                      "progress=false"], "eval")
         return evaluate(cfg)["test/lipschitz"]
 
     assert lipschitz("pgd") == lipschitz("fgsm"), "the Lipschitz estimate changed with the attack that ran before it"

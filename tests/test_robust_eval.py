@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from robustlip.attacks import PGD
-from robustlip.callbacks import EpsSweep, GradientMaskingChecks, GradientMaskingWarning, RobustEvaluation
-from robustlip.callbacks.robust_evaluation import SplitMeter, batch_shard
-from robustlip.evaluate import CheckpointedNet
+from robustlip.callbacks import RobustEvaluation
+from robustlip.evaluation import EpsSweep, Evaluator, GradientMaskingChecks, GradientMaskingWarning
 from robustlip.metrics import LocalLipschitz
+from robustlip.module import CheckpointedNet
 from robustlip.runs.results import RESULT_KEYS
 from robustlip.train import build_callbacks, build_module
 from tests.conftest import FAST, compose_train_cfg
@@ -147,14 +147,16 @@ def test_per_process_shards_give_the_single_process_numbers_exactly(digits):
     # with their single-process index, so even the seeded random starts are the same; the sums add up.
     net, datamodule = digits
     loader = datamodule.test_dataloader()
-    evaluation = RobustEvaluation(attack=PGD(eps=0.1), lipschitz=LocalLipschitz(eps=0.1, steps=2), results_file=None)
-    model = CheckpointedNet(net)
-    whole = evaluation.measure_loader(model, loader, "test")
+    evaluator = Evaluator(PGD(eps=0.1), lipschitz=LocalLipschitz(eps=0.1, steps=2))
+    whole = evaluator.session(net, device="cpu")
+    whole.run("test", loader, shard=(0, 1))
     shards = []
     for rank in range(3):
-        shard, ids = batch_shard(loader, rank, 3)
-        assert ids == list(range(rank, len(loader), 3))
-        shards.append(evaluation.measure_loader(model, shard, "test", batch_ids=ids))
+        session = evaluator.session(net, device="cpu")
+        session.run("test", loader, shard=(rank, 3))
+        assert session.done.get("test", []) == list(range(rank, len(loader), 3))
+        shards.append(session.meter("test"))
+    whole = whole.meters["test"]
     assert sum(s.count() for s in shards) == whole.count() == len(datamodule.test_set)
     for name in ("acc", "adv_acc", "lipschitz"):
         assert sum(float(s.states[name].sum) for s in shards) == pytest.approx(float(whole.states[name].sum), rel=1e-12)
@@ -162,7 +164,6 @@ def test_per_process_shards_give_the_single_process_numbers_exactly(digits):
             float(whole.states[name].sum_sq), rel=1e-12
         )
     assert 0 < float(whole.states["adv_acc"].sum) < float(whole.states["acc"].sum), "PGD must matter here"
-    assert isinstance(shards[0], SplitMeter)
 
 
 def test_results_json_goes_where_the_config_says(train_cfg, tmp_path):

@@ -43,8 +43,7 @@ def checkpoint(tmp_path_factory) -> Path:
 def _net_and_data(checkpoint: Path):
     from hydra.utils import instantiate
 
-    from robustlip.evaluate import net_from_checkpoint
-    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     config = checkpoint_config(ckpt)

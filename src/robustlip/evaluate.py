@@ -1,73 +1,58 @@
-"""robustlip-eval: the robust evaluation of a saved checkpoint, with the same code and files as training.
+"""robustlip-eval: the robust evaluation of any model, with the same code and files as training.
 
     robustlip-eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
     robustlip-eval ckpt_path=... attack=fgsm                      # any attack config
     robustlip-eval ckpt_path=... attacks=[pgd,autoattack] n_examples=1000   # each + pointwise worst case
     robustlip-eval ckpt_path=... eps_sweep=[0,0.05,0.1,0.2,0.3]   # + accuracy-vs-ε CSV and PNG
-    robustlip-eval ckpt_path=... data=digits +patch.data.test_size=100
+    robustlip-eval source=state_dict source.arch._target_=my_package.Net source.weights=net.pt data=cifar10
+    robustlip-eval source=robustbench source.name=Carmon2019Unlabeled data=cifar10 attack=autoattack subset=first
 
-The checkpoint carries the resolved training config (``hyper_parameters.config``); the network is
-rebuilt from its ``model`` node and the data, attack and Lipschitz estimator default to the ones the
-training run used (``data``/``attack``/``lipschitz`` = null in ``conf/eval.yaml``), as does the
-evaluation seed. So, with the defaults, ``results.json`` here repeats the training run's numbers.
-The metrics loop is ``RobustEvaluation``'s, run by ``trainer.test`` on a thin LightningModule.
+The model comes from ``source`` (``conf/source/``: a robustlip checkpoint by default, a state dict or
+safetensors file with its architecture, TorchScript, torchvision or timm by name, RobustBench's zoo;
+``runs/model_sources.py``). A robustlip checkpoint carries its resolved training config, so the data,
+the attack, the Lipschitz estimator and the seed default to the training run's (``data``/``attack``/
+``lipschitz`` = null in ``conf/eval.yaml``) and ``results.json`` repeats the training run's numbers;
+another model needs ``data=`` and is attacked with PGD-10 at ``data.eps`` unless told otherwise.
+
+The measuring is :func:`robustlip.evaluation.evaluate`, the library function a notebook calls too;
+this command adds the config, the checks before any work, the files and the resume: a stopped or
+killed evaluation continues where it stopped when the same command is run again.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from robustlip.cli import entry_point
-from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config
+from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrides
+from robustlip.runs.config import config_dir, instantiate_attacks, instantiate_group, save_resolved_config
 from robustlip.runs.errors import (
     ConfigError,
     RunInterrupted,
     check_attack_eps,
+    check_choice,
     check_non_negative,
-    check_positive_int,
 )
 
 if TYPE_CHECKING:
-    from torch import nn
+    from robustlip.evaluation import EvalResult, Evaluator
+    from robustlip.runs.model_sources import LoadedModel
 
-    from robustlip.callbacks import RobustEvaluation
-
-# torch, Lightning and the callbacks are imported inside the functions that use them, so that
+# torch, the evaluator and the model sources are imported inside the functions that use them, so that
 # `robustlip-eval --help` and a config error answer without loading them (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
-
-def __getattr__(name: str) -> Any:
-    """``CheckpointedNet`` lives in :mod:`robustlip.module`; it is imported on first use, not at start-up."""
-    if name == "CheckpointedNet":
-        from robustlip.module import CheckpointedNet
-
-        return CheckpointedNet
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def net_from_checkpoint(ckpt: dict[str, Any], train_config: dict[str, Any], key: str = "ckpt_path") -> nn.Module:
-    """Rebuild the network from the checkpoint's ``model`` config and load its ``net.*`` weights."""
-    from hydra.utils import instantiate
-
-    from robustlip.runs.checkpoints import CheckpointError
-
-    if "model" not in train_config:
-        raise CheckpointError(f"{key}: the checkpoint has no hyper_parameters.config.model; it was not written by robustlip-train")
-    net = instantiate(train_config["model"])
-    weights = {name[len("net."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("net.")}
-    missing, unexpected = net.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{key}: weights do not fit model._target_={train_config['model'].get('_target_')!r}: "
-            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
-        )
-    return net.eval()
+#: The folder of a run directory where a stopped evaluation keeps what it measured.
+STATE_DIR = "evaluation_state"
+#: Values of the ``resume`` key: continue a stopped evaluation of the same command, or always start afresh.
+RESUME_MODES = ("auto", "never")
+#: Overrides that do not make an evaluation another evaluation.
+NOT_IDENTITY = ("resume", "progress", "hydra.run.dir")
 
 
 def _node(cfg: DictConfig, key: str) -> Any:
@@ -76,24 +61,50 @@ def _node(cfg: DictConfig, key: str) -> Any:
     return None if node is None else OmegaConf.to_container(node, resolve=False)
 
 
-def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfig:
-    """data, attack, lipschitz, fidelity and seed of this evaluation: the command line's, else the checkpoint's."""
+def _packaged(group: str, option: str) -> dict[str, Any]:
+    """A config file of the package's tree, unresolved (robustlip's defaults for a model without a training config)."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{option}.yaml"), resolve=False)
+
+
+def evaluation_setup(cfg: DictConfig, loaded: LoadedModel) -> DictConfig:
+    """data, attack, lipschitz, fidelity and seed of this evaluation: the command line's, else the checkpoint's.
+
+    A model without a training config (any source but ``checkpoint``) needs ``data=``; its attack is
+    PGD-10 (``conf/attack/pgd.yaml``) and its estimator ``conf/lipschitz/local.yaml`` unless chosen.
+    """
     from robustlip.runs.checkpoints import CheckpointError
 
+    train_config = loaded.train_config
+    own = bool(train_config)
     train_eval = (train_config.get("callbacks") or {}).get("robust_evaluation") or {}
-    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else train_config.get("data")
-    if data is None:
+    if cfg.get("data") is not None:
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+    elif own and train_config.get("data") is not None:
+        data = train_config["data"]
+    elif own:
         raise CheckpointError("ckpt_path: the checkpoint's config has no data node; choose one, e.g. data=digits")
+    else:
+        made_for = (loaded.data or {}).get("name")
+        raise ConfigError(f"data is required with source={loaded.description['source']}: choose the data the model was "
+                          f"made for, e.g. data={made_for or 'cifar10'}")
+    if cfg.get("attacks"):
+        attack = None  # attacks=[...] replaces the single attack (the checkpoint's, or attack=...)
+    elif cfg.get("attack") is not None:
+        attack = _node(cfg, "attack")
+    else:
+        attack = train_config.get("attack") if own else _packaged("attack", "pgd")
+    if cfg.get("lipschitz") is not None:
+        lipschitz = _node(cfg, "lipschitz")
+    else:
+        lipschitz = train_eval.get("lipschitz") if own else _packaged("lipschitz", "local")
     setup = OmegaConf.create(
         {
             "fidelity": cfg.fidelity if cfg.get("fidelity") is not None else train_config.get("fidelity", "paper"),
             "seed": cfg.seed if cfg.get("seed") is not None else train_eval.get("seed", train_config.get("seed", 0)),
             "data": data,
-            # attacks=[...] replaces the single attack (the checkpoint's, or attack=...).
-            "attack": None if cfg.get("attacks") else
-            _node(cfg, "attack") if cfg.get("attack") is not None else train_config.get("attack"),
+            "attack": attack,
             "attacks": _node(cfg, "attacks") if cfg.get("attacks") else None,
-            "lipschitz": _node(cfg, "lipschitz") if cfg.get("lipschitz") is not None else train_eval.get("lipschitz"),
+            "lipschitz": lipschitz,
         }
     )
     for key, patch in (cfg.get("patch") or {}).items():
@@ -103,123 +114,234 @@ def evaluation_setup(cfg: DictConfig, train_config: dict[str, Any]) -> DictConfi
     return setup
 
 
-def check_subset(cfg: DictConfig, datamodule: Any) -> int | None:
-    """``n_examples`` as a count no larger than the test set (checked before any attack runs)."""
-    n_examples = cfg.get("n_examples")
-    if n_examples is None:
+#: What must agree between the data a model was made for and the data it is evaluated on.
+DATA_KEYS = ("name", "num_classes", "in_channels")
+
+
+def check_data(loaded: LoadedModel, data: DictConfig, allow: bool) -> str | None:
+    """Refuse data other than the model's own (name, classes, channels) unless ``allow_data_mismatch=true``.
+
+    Returns the title's note for a deliberate transfer evaluation (None when the data is the model's own).
+    """
+    made_for = loaded.data or {}
+    differ = [(key, made_for[key], data.get(key)) for key in DATA_KEYS
+              if made_for.get(key) is not None and data.get(key) is not None and made_for[key] != data.get(key)]
+    if not differ:
         return None
-    check_positive_int("n_examples", n_examples)
-    datamodule.setup("test")
-    size = len(datamodule.test_set)
-    if n_examples > size:
-        raise ConfigError(f"n_examples={n_examples} is not allowed; the test set has {size} examples "
-                          f"(choose n_examples <= {size}, or null for all of them)")
-    return n_examples
+    key, theirs, mine = differ[0]
+    if not allow:
+        raise ConfigError(
+            f"data.{key}={mine!r} is not the data this model was made for (data.{key}={theirs!r}); evaluate it on "
+            f"data={made_for.get('name', theirs)}, or set allow_data_mismatch=true for a deliberate transfer evaluation"
+        )
+    return f"transfer: made for {made_for.get('name', '?')}, evaluated on {data.get('name', '?')}"
 
 
-def build_evaluation(cfg: DictConfig, setup: DictConfig, output_dir: Path, extra: dict[str, Any],
-                     n_examples: int | None = None) -> RobustEvaluation:
-    """The RobustEvaluation of this command; a bad value of any of its parts is one line naming its key."""
-    from robustlip.callbacks import EpsSweep, RobustEvaluation
+def check_outputs(loaded: LoadedModel, datamodule: Any, data: DictConfig, device: Any) -> None:
+    """One forward pass on two test images: the model must take them and return ``[N, num_classes]`` logits."""
+    import torch
 
-    sweep = list(cfg.eps_sweep) if cfg.get("eps_sweep") else None
-    attack = instantiate_group(setup, "attack") if setup.attack is not None else None
-    if attack is not None and hasattr(attack, "eps"):
-        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
-    return RobustEvaluation(
-        attack=attack,
-        attacks=instantiate_attacks(setup),
-        n_examples=n_examples,
-        attack_gap_warning=check_non_negative("attack_gap_warning", cfg.get("attack_gap_warning", 3.0)),
-        lipschitz=instantiate_group(setup, "lipschitz") if setup.lipschitz and setup.lipschitz.get("_target_") else None,
-        evaluate_train=cfg.evaluate_train,
-        results_file=output_dir / "results.json",
-        seed=setup.seed,
-        sanity=instantiate_group(cfg, "sanity") if cfg.get("sanity") else None,
-        eps_sweep=EpsSweep(sweep, max_batches=cfg.get("eps_sweep_max_batches")) if sweep else None,
-        extra_results=extra,
-    )
+    x, _ = next(iter(datamodule.test_dataloader()))
+    x = x[:2].to(device)
+    try:
+        with torch.no_grad():
+            logits = loaded.net.to(device).eval()(x)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"data={data.get('name')}: the model does not take its inputs of shape {list(x.shape[1:])} "
+            f"({' '.join(str(exc).split())[:160]}); evaluate it on the data it was made for"
+        ) from exc
+    classes = data.get("num_classes")
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or (classes is not None and logits.shape[1] != classes):
+        shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"data={data.get('name')}: the model returns {shape} for 2 images, not [2, {classes}] "
+                          f"logits for its {classes} classes; evaluate it on the data it was made for "
+                          "(or wrap it to return logits)")
 
 
-def _record(cfg: DictConfig, setup: DictConfig, train_config: dict[str, Any] | None = None) -> DictConfig:
+def _record(cfg: DictConfig, setup: DictConfig, loaded: LoadedModel) -> DictConfig:
     """config.yaml of the evaluation: what was evaluated and how (the chosen groups resolved into ``setup``).
 
-    The checkpoint's ``model`` and ``objective`` are recorded too, so ``robustlip-report`` names an
-    evaluation's row by its method, as it names the training run's.
+    A checkpoint's ``model`` and ``objective`` are recorded too, so ``robustlip-report`` names an
+    evaluation's row by its method, as it names the training run's; any other model by its label.
     """
     own = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-           for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "eps_sweep", "sanity", "n_examples", "attack_gap_warning", "trainer")
+           for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "allow_data_mismatch", "eps_sweep", "sanity",
+                       "n_examples", "subset", "train_examples", "attack_gap_warning", "device", "precision")
            if key in cfg}
-    trained = {key: (train_config or {}).get(key) for key in ("model", "objective") if (train_config or {}).get(key)}
-    return OmegaConf.create({**own, **trained, **OmegaConf.to_container(setup)})
+    trained = {key: loaded.train_config.get(key) for key in ("model", "objective") if loaded.train_config.get(key)}
+    evaluated = {"evaluated_model": {"label": loaded.label, **loaded.description}}
+    return OmegaConf.create({**own, **trained, **evaluated, **OmegaConf.to_container(setup)})
+
+
+def build_attacks(cfg: DictConfig, setup: DictConfig) -> Any:
+    """The evaluation's attack (or attacks by name); an ε other than ``data.eps`` only with ``allow_eps_mismatch``."""
+    if setup.attacks:
+        return instantiate_attacks(setup)
+    attack = instantiate_group(setup, "attack") if setup.attack is not None else None
+    if attack is not None and attack.eps is not None:
+        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
+    return attack
+
+
+def build_probes(cfg: DictConfig) -> list[Any]:
+    from robustlip.evaluation import EpsSweep
+
+    sweep = list(cfg.eps_sweep) if cfg.get("eps_sweep") else None
+    return [
+        *([instantiate_group(cfg, "sanity")] if cfg.get("sanity") else []),
+        *([EpsSweep(sweep, max_batches=cfg.get("eps_sweep_max_batches"))] if sweep else []),
+    ]
+
+
+def resume_dir(cfg: DictConfig, output_dir: Path) -> Path:
+    """Where this evaluation keeps what it measured: its run dir's, or, rerun with the same command, the stopped one's.
+
+    With ``resume=auto`` and Hydra's fresh run dir, the newest run dir next to it that holds a stopped
+    evaluation (a state, no results.json) and was started with the same overrides (but ``resume``) is
+    continued in place: its files, its log. The state itself is only reused for the same weights, data
+    and settings (robustlip.evaluation.store).
+    """
+    mode = check_choice("resume", cfg.get("resume", "auto"), RESUME_MODES)
+    if mode == "auto" and not run_dir_given() and (overrides := task_overrides()) is not None:
+        wanted = _identity(overrides)
+        stopped = sorted((d for d in output_dir.parent.iterdir() if d.is_dir() and d != output_dir
+                          and any((d / STATE_DIR).glob("state-*.pt")) and not (d / "results.json").exists()),
+                         key=lambda d: d.stat().st_mtime, reverse=True) if output_dir.parent.is_dir() else []
+        for candidate in stopped:
+            try:
+                theirs = [str(o) for o in OmegaConf.load(candidate / ".hydra" / "overrides.yaml")]
+            except Exception as exc:  # noqa: BLE001 - a foreign folder is simply not a candidate
+                log.debug("not resuming %s: %s", candidate, exc)
+                continue
+            if _identity(theirs) == wanted:
+                log.info("resume=auto: continuing the stopped evaluation in %s", candidate)
+                move_run_dir(candidate)
+                with open_dict(cfg):
+                    cfg.paths.output_dir = str(candidate)
+                return candidate / STATE_DIR
+    state = output_dir / STATE_DIR
+    if mode == "never" and state.exists():
+        import shutil
+
+        shutil.rmtree(state)
+    return state
+
+
+def _identity(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_IDENTITY]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate ``cfg.ckpt_path`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from robustlip.callbacks.resume import EXIT_CODES, SignalStop
-    from robustlip.module import CheckpointedNet
-    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
-    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+    """Evaluate the model of ``cfg.source`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
+    from robustlip.evaluation import EvaluationStopped, Evaluator
+    from robustlip.evaluation.evaluator import resolve_device
+    from robustlip.runs.signals import stop_requests
     from robustlip.train import prepare_data
 
-    output_dir = Path(cfg.paths.output_dir)
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    train_config = checkpoint_config(ckpt)
-    setup = evaluation_setup(cfg, train_config)
-    module = CheckpointedNet(net_from_checkpoint(ckpt, train_config))
+    kind = str(cfg.source.get("_target_", "")).rsplit(".", 1)[-1]
+    if kind != "RobustlipCheckpoint" and cfg.get("data") is None:
+        choice = _choice("source") or kind
+        raise ConfigError(f"data is required with source={choice}: choose the data the model was made for, "
+                          "e.g. data=cifar10 (only a robustlip checkpoint knows its own)")
+    loaded = instantiate_group(cfg, "source").load()
+    setup = evaluation_setup(cfg, loaded)
+    transfer = check_data(loaded, setup.data, bool(cfg.get("allow_data_mismatch", False)))
     # The splits now, so a missing dataset or a too large data.test_size fails before any file is written.
     datamodule = prepare_data(setup)
-    extra = {"checkpoint": str(Path(cfg.ckpt_path).expanduser().resolve()), "evaluated": OmegaConf.to_container(setup)}
-    n_examples = check_subset(cfg, datamodule)
-    evaluation = build_evaluation(cfg, setup, output_dir, extra, n_examples)
-    save_resolved_config(_record(cfg, setup, train_config), output_dir)
-    stop = SignalStop()
-    callbacks: list[pl.Callback] = [evaluation, stop]
-    if cfg.trainer.get("enable_progress_bar", True):
-        from pytorch_lightning.callbacks import RichProgressBar
+    device = resolve_device(cfg.get("device", "auto"), loaded.net)
+    check_outputs(loaded, datamodule, setup.data, device)
+    evaluator = Evaluator(
+        build_attacks(cfg, setup),
+        lipschitz=instantiate_group(setup, "lipschitz") if setup.lipschitz and setup.lipschitz.get("_target_") else None,
+        probes=build_probes(cfg),
+        seed=setup.seed,
+        attack_gap_warning=check_non_negative("attack_gap_warning", cfg.get("attack_gap_warning", 3.0)),
+    )
+    plan = evaluator.plan(datamodule, n_examples=cfg.get("n_examples"), subset=cfg.get("subset", "seeded"),
+                          train=bool(cfg.evaluate_train), train_examples=cfg.get("train_examples", "auto"))
+    state = resume_dir(cfg, Path(cfg.paths.output_dir))
+    output_dir = Path(cfg.paths.output_dir)
+    # Only now, with every check passed, does this command write into its run directory.
+    save_resolved_config(_record(cfg, setup, loaded), output_dir)
+    extra = {"model": {"label": loaded.label, **loaded.description},
+             **({"checkpoint": loaded.description["path"]} if loaded.description["source"] == "checkpoint" else {}),
+             **({"transfer": transfer} if transfer else {}),
+             "evaluated": OmegaConf.to_container(setup)}
+    with stop_requests() as stop:
+        try:
+            result = evaluator.run(loaded.net, plan, device=device, precision=str(cfg.get("precision", "32")),
+                                   stop=stop.requested, resume_dir=str(state), progress=bool(cfg.get("progress", True)))
+        except EvaluationStopped as stopped:
+            partial = stopped.result.write(output_dir, extra, "results.partial.json") if stopped.result else None
+            measured = ", ".join(f"{n} {split} examples" for split, n in (stopped.result.examples.items()
+                                                                          if stopped.result else ()))
+            raise RunInterrupted(
+                f"interrupted by {stop.signal_name} during the evaluation; what was measured "
+                f"({measured or 'nothing yet'}) is kept in {state} (numbers so far: {partial}); run the same "
+                f"command again to continue where it stopped: {_command()}",
+                exit_code=stop.exit_code,
+            ) from None
+    result.write(output_dir, extra)
+    write_robustbench_card(result, output_dir, setup, loaded, cfg.get("subset", "seeded"))
+    report(result, loaded, setup, evaluator, transfer, output_dir)
+    return result.metrics
 
-        # Lightning's rich bar: the evaluation's own passes (n_examples, several devices) add their task to it.
-        callbacks.append(RichProgressBar())
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, enable_checkpointing=False)
+
+def _choice(group: str) -> str | None:
+    """The option chosen for a config group (``source=timm`` -> ``timm``), None when not under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
     try:
-        trainer.test(module, datamodule=datamodule, verbose=False)
-    except SIGTERMException:
-        measured = ", ".join(f"{n} {split} examples" for split, n in (evaluation.partial or {}).get("examples", {}).items())
-        raise RunInterrupted(
-            f"interrupted by {stop.stopped_by()} during the evaluation; what was measured ({measured or 'nothing yet'}) "
-            f"is in {evaluation.partial_results_file()}; run the same command again to evaluate everything",
-            exit_code=EXIT_CODES[stop.stopped_by()],
-        ) from None
-    if trainer.is_global_zero:
-        attack = evaluation_attack_label(evaluation, setup.data.get("eps"))
-        print_results_table(evaluation.metrics, title=[
-            f"{_method(train_config)} · {setup.data.get('name', 'data')} · attack {attack}",
-            f"checkpoint: {extra['checkpoint']}",
-        ], uncertainty=evaluation.uncertainty)
-        print_written(output_dir)
-    return evaluation.metrics
+        return HydraConfig.get().runtime.choices.get(group)
+    except ValueError:
+        return None
 
 
-def _method(train_config: dict[str, Any]) -> str:
-    """The checkpoint's method as the tables name it (``TRADES(β=6)``), or its objective's name."""
-    from hydra.utils import instantiate
-
-    node = train_config.get("objective") or {}
-    try:
-        return instantiate(node).label
-    except Exception:  # noqa: BLE001 - a title must not fail on another version's objective
-        return str(node.get("name", "?"))
+def _command() -> str:
+    overrides = task_overrides()
+    return "the same command" if overrides is None else shlex.join(["robustlip-eval", *overrides])
 
 
-def print_written(output_dir: Path) -> None:
-    """Say where the files of this command went (the folder, then the files in it)."""
-    hidden = {".hydra"}
-    names = sorted(p.name for p in Path(output_dir).iterdir() if p.name not in hidden and p.suffix != ".log")
-    print(f"wrote {Path(output_dir).resolve()}/: {', '.join(names)}", flush=True)
+def write_robustbench_card(result: EvalResult, output_dir: Path, setup: DictConfig, loaded: LoadedModel,
+                           subset: str) -> Path | None:
+    """robustbench.json beside results.json when an AutoAttack ran: RobustBench's model card and our intervals."""
+    from robustlip.runs.files import write_json_atomic
+
+    _, attack = result.adversarial_key()
+    if attack in ("attack", "worst case"):
+        return None
+    norm = next((a.get("norm") for a in [setup.attack, *(setup.attacks or {}).values()]
+                 if a and str(a.get("_target_", "")).endswith("AutoAttack")), None)
+    from robustlip.attacks.autoattack import canonical_aa_norm
+
+    card = result.robustbench_json(eps=float(setup.data.eps), norm=canonical_aa_norm(norm or "Linf").lower(),
+                                   dataset=setup.data.get("name"), name=loaded.label, subset=subset)
+    card["threat_model"] = canonical_aa_norm(norm or "Linf")
+    return write_json_atomic(output_dir / "robustbench.json", card)
+
+
+def report(result: EvalResult, loaded: LoadedModel, setup: DictConfig, evaluator: Evaluator, transfer: str | None,
+           output_dir: Path) -> None:
+    """The console table (titled with the model, the data and the attack), the sanity verdict, the files written."""
+    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
+    from robustlip.runs.files import print_written
+
+    attacks = evaluator.attacks if evaluator.ensemble else next(iter(evaluator.attacks.values()), None)
+    attack = evaluation_attack_label(attacks, setup.data.get("eps"))
+    where = f"checkpoint: {loaded.description['path']}" if loaded.description["source"] == "checkpoint" else \
+        f"model: {loaded.description['source']} {loaded.description.get('path') or loaded.description.get('weights') or ''}"
+    title = [f"{loaded.label} · {setup.data.get('name', 'data')}{f' ({transfer})' if transfer else ''} · attack {attack}",
+             where.rstrip()]
+    print_results_table(result.metrics, title=title, uncertainty=result.uncertainty, warnings=result.warnings)
+    sanity = result.sections.get("sanity")
+    if sanity and sanity.get("checks"):
+        failed = [name for name, check in sanity["checks"].items() if not check["passed"]]
+        verdict = "passed" if not failed else "FAILED: " + ", ".join(failed)
+        print(f"gradient-masking checks on {sanity['n']} test points: {verdict} "
+              f"({len(sanity['checks']) - len(failed)} of {len(sanity['checks'])}; details in results.json's 'sanity')",
+              flush=True)
+    print_written(output_dir)
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -115,7 +115,8 @@ class RobustClassifier(pl.LightningModule):
 
 
 class CheckpointedNet(pl.LightningModule):
-    """Just a trained network, for ``robustlip-eval``: ``test_step`` hands its clean logits to RobustEvaluation."""
+    """Just a trained network as a LightningModule: ``test_step`` hands its clean logits to RobustEvaluation
+    (``trainer.test`` on any network; robustlip-eval itself runs the evaluator without Lightning)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

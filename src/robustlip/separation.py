@@ -108,7 +108,7 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(output_dir / "separation.json", payload)
     print_separation_table(payload)
     _log_to_loggers(loggers, payload, output_dir)
-    from robustlip.evaluate import print_written
+    from robustlip.runs.files import print_written
 
     print_written(output_dir)
     return payload

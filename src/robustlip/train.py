@@ -213,7 +213,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warnings = list(evaluation.warnings) if evaluation is not None else warnings
         if trainer.is_global_zero and metrics:
             print_results_table(metrics, title=[
-                f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation, cfg.data.eps)}",
+                f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
             ], warnings=warnings,
                 uncertainty=evaluation.uncertainty if evaluation is not None else None)

@@ -36,9 +36,8 @@ from torch import Tensor, nn
 from robustlip.attacks.base import attack_context, input_gradient
 from robustlip.attacks.pgd import PGD
 from robustlip.cli import entry_point
-from robustlip.evaluate import net_from_checkpoint
 from robustlip.reporting.image_grids import save_grid
-from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
 from robustlip.runs.config import save_resolved_config
 from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
 from robustlip.runs.files import write_json_atomic

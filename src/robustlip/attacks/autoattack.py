@@ -157,9 +157,7 @@ class AutoAttack(Attack):
     """
 
     reports_own_checks = True
-
-    #: The key of this attack's flags in results.json's ``gradient_masking`` section.
-    name = "autoattack"
+    expensive = True
 
     def __init__(
         self,
@@ -172,13 +170,14 @@ class AutoAttack(Attack):
         batch_size: int | None = None,
     ) -> None:
         super().__init__(model_mode="eval")
-        self.eps = check_non_negative("attack.eps", eps)
-        self.norm = canonical_aa_norm(norm)
+        self._eps = check_non_negative("attack.eps", eps)
+        #: The norm as AutoAttack spells it ("Linf", "L2", "L1").
+        self.aa_norm = canonical_aa_norm(norm)
         self.version = check_choice("attack.version", version, VERSIONS)
-        if self.version not in NORM_VERSIONS[self.norm]:
-            allowed = ", ".join(map(repr, NORM_VERSIONS[self.norm]))
+        if self.version not in NORM_VERSIONS[self.aa_norm]:
+            allowed = ", ".join(map(repr, NORM_VERSIONS[self.aa_norm]))
             raise ConfigError(
-                f"attack.version={version!r} is not allowed with attack.norm={self.norm!r}; "
+                f"attack.version={version!r} is not allowed with attack.norm={self.aa_norm!r}; "
                 f"the official AutoAttack defines {allowed} for it"
             )
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -208,14 +207,37 @@ class AutoAttack(Attack):
 
     def __repr__(self) -> str:
         return (
-            f"AutoAttack(norm={self.norm}, eps={self.eps}, version={self.version}, "
+            f"AutoAttack(norm={self.aa_norm}, eps={self.eps}, version={self.version}, "
             f"attacks={list(self.attacks)}, seed={self.seed})"
         )
 
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @property
+    def norm(self) -> str:
+        return next(name for name, spelling in AA_NORM_NAMES.items() if spelling == self.aa_norm)
+
+    @property
+    def title(self) -> str:
+        return f"AutoAttack ({self.version})"
+
+    @property
+    def flags(self) -> dict[str, dict[str, Any]]:
+        return self._flags
+
     def reset_records(self) -> None:
         """Forget the flags and the wall time gathered so far (one evaluation's worth)."""
-        self.flags: dict[str, dict[str, Any]] = {}
-        self.seconds = 0.0
+        super().reset_records()
+        self._flags: dict[str, dict[str, Any]] = {}
+
+    def records(self) -> dict[str, Any]:
+        return {**super().records(), "flags": {name: dict(entry) for name, entry in self._flags.items()}}
+
+    def restore_records(self, records: dict[str, Any]) -> None:
+        super().restore_records(records)
+        self._flags = {name: dict(entry) for name, entry in (records.get("flags") or {}).items()}
 
     def _check_classes(self, num_classes: int) -> None:
         for name, needed in MIN_CLASSES.items():
@@ -230,7 +252,7 @@ class AutoAttack(Attack):
         for message in messages:
             fired.setdefault(flag_name(message), message)
         for name, message in fired.items():
-            entry = self.flags.setdefault(name, {"batches": 0, "message": message})
+            entry = self._flags.setdefault(name, {"batches": 0, "message": message})
             entry["batches"] += 1
 
     def _official(self, model: nn.Module, device: torch.device, num_classes: int) -> OfficialAutoAttack:
@@ -240,7 +262,7 @@ class AutoAttack(Attack):
             attacks=attacks,
             device=device,
             eps=self.eps,
-            norm=self.norm,
+            norm=self.aa_norm,
             seed=self.seed,
             version=self.version,
         )

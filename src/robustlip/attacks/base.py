@@ -9,6 +9,18 @@ An attack is a small object built from config and called as ``attack(model, x, y
 * it works inside Lightning's validation/test loops: inference mode is switched off locally and the
   input is cloned out of any inference tensor;
 * no device is cached: every tensor is created like ``x``.
+
+What the evaluation, its probes and the reports need of an attack is declared here, with defaults,
+so nothing has to guess it with ``hasattr`` (docs/architecture.md, "Add an attack"):
+
+* ``threat``, ``steps``, ``step_size``: the threat model and the search's knobs of a PGD-like attack
+  (None for an attack without them, e.g. AutoAttack, which keeps its own); ``eps`` and ``norm`` are
+  read from the threat model (an attack without one overrides them, or has neither);
+* ``inner``: the attack it runs inside it (Multi-Targeted: one targeted PGD per class), which then
+  holds the threat model and the steps; ``search`` is whichever of the two holds them;
+* ``label``: the short name of titles and tables (``PGD-10 ℓ∞ ε=0.1``); ``repr`` is results.json's;
+* ``flags`` and ``seconds`` accumulated over calls (AutoAttack's own checks), their ``records`` for a
+  resumed evaluation and ``reset_records``; ``reports_own_checks`` and ``expensive`` for the evaluator.
 """
 
 from __future__ import annotations
@@ -16,11 +28,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from robustlip.runs.errors import check_choice
+
+if TYPE_CHECKING:
+    from robustlip.attacks.threat import ThreatModel
 
 MODEL_MODES = ("eval", "train")
 
@@ -55,12 +71,24 @@ def input_gradient(loss_fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tens
 class Attack(ABC):
     """An adversary: ``attack(model, x, y)`` returns a detached ``x_adv`` of the same shape as ``x``."""
 
+    #: The attack this one runs inside it (Multi-Targeted: its targeted PGD), None for most attacks.
+    inner: Attack | None = None
+    #: The threat model a PGD-like search moves in (ε-ball ∩ [0, 1]); None for an attack without one.
+    threat: ThreatModel | None = None
+    #: The number of steps of the search and their size; None for an attack without these knobs.
+    steps: int | None = None
+    step_size: float | None = None
     #: True for an attack that reports its own robustness flags (AutoAttack's ``checks``): alone, it takes
-    #: the place of the gradient-masking probes, which vary PGD-like attacks (callbacks/robust_evaluation.py).
+    #: the place of the gradient-masking probes, which vary PGD-like attacks (evaluation/gradient_masking.py).
     reports_own_checks: bool = False
+    #: True for an attack that costs hundreds of forward passes per example (AutoAttack): the evaluation
+    #: then bounds the training-set measurement by default (evaluation/evaluator.py).
+    expensive: bool = False
 
     def __init__(self, model_mode: str = "eval") -> None:
         self.model_mode = check_choice("attack.model_mode", model_mode, MODEL_MODES)
+        #: Wall time spent in this attack since the last ``reset_records`` (seconds).
+        self.seconds = 0.0
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with attack_context(), model_mode(model, self.model_mode):
@@ -71,3 +99,60 @@ class Attack(ABC):
     @abstractmethod
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The search itself; called with gradients enabled and the model in the attack's mode."""
+
+    # -- what the evaluation reads ----------------------------------------------------------------
+    @property
+    def search(self) -> Attack:
+        """The attack that holds the threat model and the steps: the innermost one."""
+        return self.inner.search if self.inner is not None else self
+
+    @property
+    def eps(self) -> float | None:
+        """The radius (pixel units), read from the threat model: the one place ε is stored. None without one."""
+        threat = self.search.threat
+        return None if threat is None else threat.eps
+
+    @property
+    def norm(self) -> str | None:
+        """The threat model's norm, canonical ("inf", "2", "1"); None for an attack without a threat model."""
+        threat = self.search.threat
+        return None if threat is None else threat.norm
+
+    @property
+    def title(self) -> str:
+        """The attack's name in titles: its class name (AutoAttack adds its version)."""
+        return type(self).__name__
+
+    @property
+    def label(self) -> str:
+        """A short name for titles and tables: ``PGD-10 ℓ∞ ε=0.1``, ``FGSM ℓ∞ ε=0.1``."""
+        steps = self.search.steps
+        text = self.title + (f"-{steps}" if steps and steps > 1 else "")
+        if self.norm is not None:
+            text += " ℓ∞" if self.norm == "inf" else f" ℓ{self.norm}"
+        if self.eps is not None:
+            text += f" ε={self.eps:g}"
+        return text
+
+    @property
+    def single_step(self) -> bool:
+        """One step from the clean point (FGSM): a baseline that is expected to be weaker than a search."""
+        return self.search.steps == 1
+
+    # -- what it records over calls ----------------------------------------------------------------
+    @property
+    def flags(self) -> dict[str, dict[str, Any]]:
+        """Robustness flags raised by the attack itself: ``{flag: {"batches": n, "message": text}}`` (none by default)."""
+        return {}
+
+    def reset_records(self) -> None:
+        """Forget what was recorded so far (one evaluation's worth)."""
+        self.seconds = 0.0
+
+    def records(self) -> dict[str, Any]:
+        """What was recorded so far, as plain data (kept on disk by a resumable evaluation)."""
+        return {"seconds": self.seconds}
+
+    def restore_records(self, records: dict[str, Any]) -> None:
+        """Continue from ``records`` (what :meth:`records` returned in an earlier, stopped evaluation)."""
+        self.seconds = float(records.get("seconds", 0.0))

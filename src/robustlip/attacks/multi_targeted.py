@@ -33,7 +33,8 @@ class MultiTargeted(Attack):
         model_mode: str = "eval",
     ) -> None:
         super().__init__(model_mode)
-        self.targeted_pgd = PGD(
+        #: The targeted PGD run once per wrong class; it holds the threat model and the steps.
+        self.inner = PGD(
             eps=eps,
             norm=norm,
             steps=steps,
@@ -43,13 +44,8 @@ class MultiTargeted(Attack):
             model_mode=model_mode,
         )
 
-    @property
-    def eps(self) -> float:
-        """The radius of the inner targeted PGD's threat model (the one place ε is stored)."""
-        return self.targeted_pgd.eps
-
     def __repr__(self) -> str:
-        pgd = self.targeted_pgd
+        pgd = self.inner
         return (
             f"{type(self).__name__}(norm={pgd.threat.norm}, eps={self.eps}, steps={pgd.steps}, "
             f"step_size={pgd.step_size:.4g}, start={pgd.start}, model_mode={self.model_mode})"
@@ -64,7 +60,7 @@ class MultiTargeted(Attack):
         best_score = torch.full((x.shape[0],), -1.0, device=x.device)
         for shift in range(1, num_classes):
             target = (y + shift) % num_classes
-            candidate = self.targeted_pgd.perturb(model, x, target)
+            candidate = self.inner.perturb(model, x, target)
             score = self._score(model, candidate, y, target)
             better = score > best_score
             best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), candidate, best)

@@ -85,11 +85,6 @@ class PGD(Attack):
             raise ConfigError(f"attack.restarts={restarts!r} is not allowed without a random start; use 1")
         self.targeted = bool(targeted)
 
-    @property
-    def eps(self) -> float:
-        """The radius, read from the threat model: the one place ε is stored."""
-        return self.threat.eps
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(norm={self.threat.norm}, eps={self.eps}, steps={self.steps}, "

@@ -7,8 +7,9 @@ number of steps is changed. The step size is scaled with ε (the attack keeps it
 the radius, e.g. PGD's ε/5) and kept as it is when only the steps change (same step, longer search).
 
 An attack that runs another one inside (the Multi-Targeted attack runs one targeted PGD per class,
-``targeted_pgd``) keeps its threat model and steps there: the variant is the outer attack around a
-variant of the inner one. :func:`unsupported` says, before any work, which variants an attack cannot
+its ``inner`` attack) keeps its threat model and steps there: the variant is the outer attack around a
+variant of the inner one. What a variant needs is what the attack declares (``Attack.threat``,
+``steps``, ``step_size``; attacks/base.py), never guessed. :func:`unsupported` says, before any work, which variants an attack cannot
 have (e.g. an attack with no step size has no ε variant), so a probe can skip or refuse up front.
 """
 
@@ -20,25 +21,15 @@ from robustlip.attacks.base import Attack
 from robustlip.attacks.pgd import FGSM
 from robustlip.runs.errors import ConfigError
 
-#: Attributes under which an attack keeps the attack it runs inside (MultiTargeted: its targeted PGD).
-INNER_ATTACKS = ("targeted_pgd",)
-#: What each variant needs on the attack that holds the threat model.
-NEEDS = {"eps": ("threat", "eps", "step_size"), "steps": ("steps",), "fgsm": ("threat", "eps")}
-
-
-def _inner(attack: Attack) -> tuple[str | None, Attack]:
-    """(attribute, attack) of the attack that holds the threat model and the steps: an inner one, or itself."""
-    for name in INNER_ATTACKS:
-        inner = getattr(attack, name, None)
-        if isinstance(inner, Attack):
-            return name, inner
-    return None, attack
+#: What each variant needs on the attack that holds the search (``Attack.search``), by its declared knobs.
+NEEDS = {"eps": ("threat", "step_size"), "steps": ("steps",), "fgsm": ("threat",)}
+#: How a missing knob is named in the reason.
+KNOB_NAMES = {"threat": "threat model", "step_size": "step size", "steps": "steps"}
 
 
 def unsupported(attack: Attack, variant: str) -> str | None:
     """None when ``variant`` ('eps', 'steps' or 'fgsm') can be built for ``attack``, else the reason why not."""
-    _, holder = _inner(attack)
-    missing = [name for name in NEEDS[variant] if not hasattr(holder, name)]
+    missing = [KNOB_NAMES[knob] for knob in NEEDS[variant] if getattr(attack.search, knob) is None]
     if not missing:
         return None
     return f"{type(attack).__name__} has no {', '.join(missing)}"
@@ -54,12 +45,11 @@ def _require(attack: Attack, variant: str) -> None:
 
 
 def _around(attack: Attack, make) -> Attack:
-    """``make`` applied to the attack that holds the threat model, re-wrapped in the outer attack if there is one."""
-    name, inner = _inner(attack)
-    if name is None:
+    """``make`` applied to the attack that holds the search, re-wrapped in the attacks around it."""
+    if attack.inner is None:
         return make(attack)
     outer = copy.copy(attack)
-    setattr(outer, name, make(inner))
+    outer.inner = _around(attack.inner, make)
     return outer
 
 
@@ -89,18 +79,7 @@ def with_steps(attack: Attack, steps: int) -> Attack:
     return _around(attack, make)
 
 
-def steps_of(attack: Attack) -> int | None:
-    """The number of steps of the attack's search (its inner attack's for Multi-Targeted), None if it has none."""
-    return getattr(_inner(attack)[1], "steps", None)
-
-
-def norm_of(attack: Attack) -> str | None:
-    """The norm of the attack's threat model ('inf', '2'), None if it has none."""
-    return getattr(getattr(_inner(attack)[1], "threat", None), "norm", None)
-
-
 def fgsm_like(attack: Attack) -> Attack:
     """FGSM with the attack's radius, norm and model mode: the baseline a multi-step attack must beat."""
     _require(attack, "fgsm")
-    holder = _inner(attack)[1]
-    return FGSM(eps=holder.eps, norm=holder.threat.norm, model_mode=getattr(attack, "model_mode", "eval"))
+    return FGSM(eps=attack.eps, norm=attack.norm, model_mode=attack.model_mode)

@@ -1,9 +1,7 @@
-"""Every Lightning callback of robustlip: the robust evaluation and its probes, reproducibility,
-resumable checkpoints, the training health check, performance switches and the wandb results view."""
+"""Every Lightning callback of robustlip: the robust evaluation (an adapter over robustlip.evaluation),
+reproducibility, resumable checkpoints, the training health check, performance switches and the wandb results view."""
 
-from robustlip.callbacks.eps_sweep import EpsSweep, Probe
 from robustlip.callbacks.feature_selection import CorrelationMask
-from robustlip.callbacks.gradient_masking import GradientMaskingChecks, GradientMaskingWarning
 from robustlip.callbacks.performance import PerformanceSwitches
 from robustlip.callbacks.reproducibility import ReproducibleRandomness
 from robustlip.callbacks.resume import ResumeCheckpoint
@@ -14,11 +12,7 @@ from robustlip.callbacks.wandb_results import WandbResults
 
 __all__ = [
     "CorrelationMask",
-    "EpsSweep",
-    "GradientMaskingChecks",
-    "GradientMaskingWarning",
     "PerformanceSwitches",
-    "Probe",
     "ReproducibleRandomness",
     "ResumeCheckpoint",
     "RobustEvaluation",

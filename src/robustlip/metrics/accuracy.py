@@ -49,9 +49,14 @@ class CleanAccuracy(AccuracyMetric):
 
 
 class AdversarialAccuracy(AccuracyMetric):
-    """``adv_acc``: whether f predicts the label at ``attack``'s adversarial point (percent over the split)."""
+    """``adv_acc``: whether f predicts the label at ``attack``'s adversarial point (percent over the split).
+
+    Every attack draws its random start from the same stream, ``adv_acc``, whatever the metric is named
+    (``adv_acc/pgd`` among several attacks): PGD among several attacks finds what PGD alone finds.
+    """
 
     name = "adv_acc"
+    stream = "adv_acc"
 
     def __init__(self, attack: Attack, name: str = "adv_acc") -> None:
         self.attack = attack

@@ -47,6 +47,11 @@ class ExampleMetric:
 
     name: str = "metric"
 
+    @property
+    def stream(self) -> str:
+        """The name of the random stream this metric draws from on each batch (robustlip.evaluation.streams)."""
+        return self.name
+
     def per_example(self, batch: EvalBatch) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

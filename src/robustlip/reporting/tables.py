@@ -378,37 +378,23 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
 def attack_label(attack: Any, data_eps: float | None = None) -> str:
     """A short name of an evaluation attack for a table title: ``PGD-10 ℓ∞ ε=0.1``, ``FGSM ℓ∞ ε=0.1``.
 
-    When its ε is not ``data_eps`` (``allow_eps_mismatch=true``) the title says so, since the Lipschitz
-    estimate and the training objective use ``data.eps``.
+    The attack's own ``label`` (attacks/base.py). When its ε is not ``data_eps``
+    (``allow_eps_mismatch=true``) the title says so, since the Lipschitz estimate and the training
+    objective use ``data.eps``.
     """
     if attack is None:
         return "no attack"
-    from robustlip.attacks.variants import norm_of, steps_of
-
-    name = type(attack).__name__
-    steps, norm, eps = steps_of(attack), norm_of(attack), getattr(attack, "eps", None)
-    if norm is None and getattr(attack, "norm", None) is not None:  # AutoAttack names it Linf / L2 / L1
-        from robustlip.attacks.threat import NORM_SPELLINGS, canonical_norm
-
-        norm = canonical_norm(attack.norm, allowed=tuple(NORM_SPELLINGS))
-    if isinstance(getattr(attack, "version", None), str):
-        name += f" ({attack.version})"
-    text = name + (f"-{steps}" if steps and steps > 1 else "")
-    if norm:
-        text += " ℓ∞" if norm == "inf" else f" ℓ{norm}"
-    if eps is not None:
-        text += f" ε={eps:g}"
-        if data_eps is not None and abs(float(eps) - float(data_eps)) > 1e-12:
-            text += f" (≠ data.eps={float(data_eps):g}: allow_eps_mismatch)"
+    text = attack.label
+    if attack.eps is not None and data_eps is not None and abs(float(attack.eps) - float(data_eps)) > 1e-12:
+        text += f" (≠ data.eps={float(data_eps):g}: allow_eps_mismatch)"
     return text
 
 
-def evaluation_attack_label(evaluation: Any, data_eps: float | None = None) -> str:
-    """The title's attack: the evaluation's attack, or the pointwise worst case over its several attacks."""
-    attacks = dict(getattr(evaluation, "attacks", None) or {})
-    if attacks:
+def evaluation_attack_label(attacks: Any, data_eps: float | None = None) -> str:
+    """The title's attack: one attack's label, or the pointwise worst case over several attacks by name."""
+    if isinstance(attacks, dict):
         return "worst case of " + " and ".join(attack_label(a, data_eps) for a in attacks.values())
-    return attack_label(getattr(evaluation, "attack", None), data_eps)
+    return attack_label(attacks, data_eps)
 
 
 def result_keys(metrics: dict[str, float]) -> list[str]:

@@ -219,9 +219,8 @@ def _threshold(run: Run) -> float | None:
 
 def linear_weights(run: Run) -> torch.Tensor:
     """The binary score's pixel weights (W₁ − W₀) of a run's final checkpoint."""
-    from robustlip.evaluate import net_from_checkpoint
     from robustlip.metrics.linear import affine_map, binary_weights
-    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint
+    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
 
     ckpt = load_checkpoint(run.path / "checkpoints" / "last.ckpt")
     config = checkpoint_config(ckpt)

@@ -119,6 +119,23 @@ def checkpoint_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     return dict(config) if isinstance(config, Mapping) else {}
 
 
+def net_from_checkpoint(ckpt: Mapping[str, Any], train_config: Mapping[str, Any], key: str = "ckpt_path") -> torch.nn.Module:
+    """Rebuild the network from the checkpoint's ``model`` config and load its ``net.*`` weights (eval mode)."""
+    from hydra.utils import instantiate
+
+    if "model" not in train_config:
+        raise CheckpointError(f"{key}: the checkpoint has no hyper_parameters.config.model; it was not written by robustlip-train")
+    net = instantiate(train_config["model"])
+    weights = {name[len("net."):]: t for name, t in ckpt["state_dict"].items() if name.startswith("net.")}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{key}: weights do not fit model._target_={train_config['model'].get('_target_')!r}: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
+    return net.eval()
+
+
 def _select(config: Mapping[str, Any], dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):

@@ -67,3 +67,10 @@ def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> Path:
         json.dump(jsonable(payload), handle, indent=2, sort_keys=False)
         handle.write("\n")
     return Path(path)
+
+
+def print_written(output_dir: str | Path) -> None:
+    """Say where the files of a command went (the folder, then the files in it; Hydra's own and logs left out)."""
+    hidden = {".hydra"}
+    names = sorted(p.name for p in Path(output_dir).iterdir() if p.name not in hidden and p.suffix != ".log")
+    print(f"wrote {Path(output_dir).resolve()}/: {', '.join(names)}", flush=True)

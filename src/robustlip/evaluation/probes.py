@@ -1,8 +1,10 @@
-"""Extra attacks on the test set, run by ``RobustEvaluation`` next to its own: the ε sweep.
+"""Extra attacks on the test set, run by the evaluator next to its own: the probe protocol and the ε sweep.
 
 A *probe* sees every test batch the evaluation sees (after the clean and the main adversarial
 forward passes, whose results it may reuse), accumulates sum-state metrics (exact across processes)
-and returns a JSON-able section for ``results.json``. ``max_batches`` bounds the extra cost.
+and returns a JSON-able section for ``results.json``. ``max_batches`` bounds the extra cost. Its
+states are torchmetrics counts, so a stopped evaluation keeps them (:meth:`Probe.snapshot`) and a
+resumed one continues from them to the same section.
 
 ``EpsSweep`` answers "how does adversarial accuracy fall with the radius?": the configured attack at
 every ε of a list (``variants.with_eps``), written as ``eps_sweep.csv`` and ``eps_sweep.png`` next
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from robustlip.attacks.base import Attack
 from robustlip.attacks.variants import unsupported, with_eps
@@ -28,7 +31,7 @@ from robustlip.runs.files import atomic_write
 
 
 class Probe(nn.Module):
-    """Base of the test-set probes: batch budget, reset, and the hook ``RobustEvaluation`` calls."""
+    """Base of the test-set probes: batch budget, reset, snapshot, and the hook the evaluator calls."""
 
     #: Key of this probe's section in results.json.
     section = "probe"
@@ -58,10 +61,24 @@ class Probe(nn.Module):
     def report(self, section: dict[str, Any]) -> None:
         """Tell the user about this probe's section (nothing by default; the checks warn)."""
 
+    def _metrics(self) -> dict[str, Metric]:
+        return {name: module for name, module in self.named_modules() if isinstance(module, Metric)}
+
     def reset(self) -> None:
-        for metric in self.modules():
-            if metric is not self and hasattr(metric, "reset"):
-                metric.reset()
+        for metric in self._metrics().values():
+            metric.reset()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every count this probe holds, as plain values (kept on disk by a resumable evaluation)."""
+        return {name: {state: value.tolist() for state, value in metric.metric_state.items()}
+                for name, metric in self._metrics().items()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot` of the same probe, prepared for the same attack."""
+        metrics = self._metrics()
+        for name, states in snapshot.items():
+            for state, value in states.items():
+                getattr(metrics[name], state).copy_(torch.as_tensor(value))
 
 
 def adversarial_logits(model: nn.Module, attack: Attack, x: Tensor, y: Tensor) -> Tensor:

@@ -18,6 +18,9 @@ of a binomial proportion at the larger of the two accuracies compared. Failures 
 A check needs a variant of the attack (``attacks/variants.py``); one that the attack cannot have (an
 attack without a step size has no ε variant) is skipped with one logged line, decided before any work
 (:meth:`GradientMaskingChecks.prepare`), and listed under ``skipped`` in the section.
+
+With several attacks (:func:`attack_comparison`), the symptom is one attack far above the pointwise
+worst case of all of them: it overestimates robustness. AutoAttack's own flags join that section.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ import itertools
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
-from robustlip.attacks.variants import fgsm_like, steps_of, unsupported, with_steps
-from robustlip.callbacks.eps_sweep import AccuracyCurve, Probe, adversarial_logits
+from robustlip.attacks.variants import fgsm_like, unsupported, with_steps
+from robustlip.evaluation.probes import AccuracyCurve, Probe, adversarial_logits
 from robustlip.metrics.accuracy import CorrectFraction
 
 log = logging.getLogger(__name__)
@@ -66,12 +69,16 @@ class GradientMaskingChecks(Probe):
         self.attack_acc = CorrectFraction()
         self.more_steps_acc = CorrectFraction()
         self.fgsm_acc = CorrectFraction()
-        # Built at the first batch, when the attack's ε is known.
+        # Built by ``prepare``, when the attack's ε is known.
         self.curve: AccuracyCurve | None = None
         self.attack_steps: int | None = None
-        self.observed = 0
         #: Checks that do not apply to the attack, with the reason (set by ``prepare``).
         self.skipped: dict[str, str] = {}
+
+    @property
+    def observed(self) -> int:
+        """Test examples the checks have seen."""
+        return int(self.attack_acc.total)
 
     def prepare(self, attack: Attack) -> None:
         variants = {"decreasing_in_eps": "eps", "near_zero_at_large_eps": "eps", "more_steps": "steps",
@@ -82,28 +89,23 @@ class GradientMaskingChecks(Probe):
             if reason is not None:
                 self.skipped[check] = reason
                 log.info("gradient-masking check '%s' skipped: %s", check, reason)
+        self.attack_steps = attack.search.steps
+        self.curve = None
+        if "decreasing_in_eps" not in self.skipped:
+            radii = {0.0, attack.eps, self.large_eps, *(f * attack.eps for f in self.eps_factors)}
+            self.curve = AccuracyCurve(sorted(radii))
 
     def observe(self, model: nn.Module, x: Tensor, y: Tensor, attack: Attack, clean: Tensor, adv: Tensor | None) -> None:
         if adv is None:
             return
-        self.observed += int(y.numel())
         self.attack_acc.update(adv, y)
-        if "decreasing_in_eps" not in self.skipped:
-            if self.curve is None:
-                radii = {0.0, attack.eps, self.large_eps, *(f * attack.eps for f in self.eps_factors)}
-                self.curve = AccuracyCurve(sorted(radii)).to(x.device)
+        if self.curve is not None:
             self.curve.update(model, x, y, attack, adv, clean)
         if "more_steps" not in self.skipped:
-            self.attack_steps = steps_of(attack)
             stronger = with_steps(attack, self.attack_steps * self.steps_factor)
             self.more_steps_acc.update(adversarial_logits(model, stronger, x, y), y)
         if "not_weaker_than_fgsm" not in self.skipped:
             self.fgsm_acc.update(adversarial_logits(model, fgsm_like(attack), x, y), y)
-
-    def reset(self) -> None:
-        super().reset()
-        self.curve = None
-        self.observed = 0
 
     # -- the verdicts -------------------------------------------------------------------------------
     def tolerance(self, *accuracies: float) -> float:
@@ -116,7 +118,7 @@ class GradientMaskingChecks(Probe):
             return {"n": 0, "checks": {}, "passed": None, **({"skipped": self.skipped} if self.skipped else {})}
         attack = self.attack_acc.compute().item()
         checks: dict[str, Any] = {}
-        points = self.curve.points() if self.curve is not None else None
+        points = self.curve.points() if self.curve is not None and self.curve.count() else None
         if points is not None:
             checks["decreasing_in_eps"] = self._decreasing(points)
             checks["near_zero_at_large_eps"] = self._near_zero(points)
@@ -171,3 +173,46 @@ class GradientMaskingChecks(Probe):
                 message = f"gradient-masking check '{name}' failed: {check['detail']}"
                 log.warning(message)
                 warnings.warn(message, GradientMaskingWarning, stacklevel=2)
+
+
+def merge_flags(flags_per_process: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The attacks' own flags of every process in one record: ``{attack: {flag: {"batches", "message"}}}``."""
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for process in flags_per_process:
+        for attack, fired in process.items():
+            for flag, entry in fired.items():
+                record = merged.setdefault(attack, {}).setdefault(flag, {"batches": 0, "message": entry["message"]})
+                record["batches"] += entry["batches"]
+    return merged
+
+
+def attack_comparison(attacks: Mapping[str, Attack], metrics: Mapping[str, float],
+                      flags: dict[str, dict[str, dict[str, Any]]], threshold: float, several: bool) -> dict[str, Any]:
+    """results.json's ``gradient_masking`` section: the attacks' own flags, each attack's distance to the worst case.
+
+    An attack more than ``threshold`` points above the pointwise worst case overestimates robustness,
+    a symptom of gradient masking, and gets a warning line, unless it is a single step from the clean
+    point (FGSM): a one-step baseline being weaker than a search is expected, not a symptom. Empty when
+    there is nothing to say: one attack that keeps no flags.
+    """
+    if not several and not any(attack.reports_own_checks for attack in attacks.values()):
+        return {}
+    section: dict[str, Any] = {"flags": flags, "warnings": []}
+    for attack, fired in flags.items():
+        for flag, entry in fired.items():
+            section["warnings"].append(f"{attack}: AutoAttack flag '{flag}' on {entry['batches']} batch(es): {entry['message']}")
+    worst = metrics.get("test/adv_acc")
+    if several and worst is not None:
+        gaps = {name: metrics[f"test/adv_acc/{name}"] - worst for name in attacks if f"test/adv_acc/{name}" in metrics}
+        section["gaps_to_worst_case"] = gaps
+        section["gap_threshold"] = threshold
+        if "pgd" in attacks and "autoattack" in attacks:
+            section["pgd_minus_autoattack"] = metrics["test/adv_acc/pgd"] - metrics["test/adv_acc/autoattack"]
+        for name, gap in gaps.items():
+            if gap > threshold and not attacks[name].single_step:
+                section["warnings"].append(
+                    f"test/adv_acc/{name} is {gap:.1f} points above the worst case over all attacks "
+                    f"(threshold {threshold:g}): {name} overestimates robustness; "
+                    "the model or its training attack may mask gradients"
+                )
+    return section
