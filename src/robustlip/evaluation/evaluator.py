@@ -348,8 +348,11 @@ class Session:
             "num_classes": self.num_classes,
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, state: dict[str, Any], announce: bool = True) -> None:
         with outside_inference_mode():
+            for split, meter in self.meters.items():
+                if split not in state["splits"]:
+                    meter.reset()  # started after the snapshot: it had measured nothing then
             for split, snapshot in state["splits"].items():
                 self.meter(split).restore(snapshot)
             for probe, snapshot in zip(self.evaluator.probes, state["probes"]):
@@ -358,8 +361,9 @@ class Session:
             self.evaluator.attacks[name].restore_records(records)
         self.done = {split: list(ids) for split, ids in state["done"].items()}
         self.num_classes = state["num_classes"]
-        measured = ", ".join(f"{self.meters[s].count()} {s} examples" for s in self.meters) or "nothing"
-        self.say(f"resuming the evaluation where it stopped: {measured} already measured")
+        if announce:
+            measured = ", ".join(f"{self.meters[s].count()} {s} examples" for s in self.meters) or "nothing"
+            self.say(f"resuming the evaluation where it stopped: {measured} already measured")
 
     def save(self, force: bool = False) -> None:
         if self.store is not None:
@@ -379,17 +383,25 @@ class Session:
         def stream(name: str) -> AbstractContextManager:
             return seeded(evaluator.seed, split, batch_idx, self.device, name)
 
-        with outside_inference_mode():
-            x, y = x.clone(), y.clone()
-            logits = None if logits is None else logits.detach().clone()
-            batch = self.meter(split).update(self.model, x, y, logits, stream)
-            self.num_classes = int(batch.logits.shape[1])
-            if split == "test" and evaluator.probe_attack is not None:
-                adv = batch.adversarial.get(evaluator.probe_source)
-                for probe in evaluator.probes:
-                    if probe.wants(batch_idx):
-                        with stream(f"probe:{probe.section}"):
-                            probe.observe(self.model, x, y, evaluator.probe_attack, batch.logits, adv)
+        # A batch counts whole or not at all: a stop in its middle (after some metrics or probes took their
+        # share) puts every state back as it was, so the kept state and the batches marked done agree.
+        before = self.state() if self.stop is not None else None
+        try:
+            with outside_inference_mode():
+                x, y = x.clone(), y.clone()
+                logits = None if logits is None else logits.detach().clone()
+                batch = self.meter(split).update(self.model, x, y, logits, stream)
+                self.num_classes = int(batch.logits.shape[1])
+                if split == "test" and evaluator.probe_attack is not None:
+                    adv = batch.adversarial.get(evaluator.probe_source)
+                    for probe in evaluator.probes:
+                        if probe.wants(batch_idx):
+                            with stream(f"probe:{probe.section}"):
+                                probe.observe(self.model, x, y, evaluator.probe_attack, batch.logits, adv)
+        except EvaluationStopped:
+            if before is not None:
+                self._restore(before, announce=False)
+            raise
         self.done.setdefault(split, []).append(batch_idx)
 
     def run(self, split: str, loader: DataLoader, *, limit_batches: int | None = None,

@@ -201,7 +201,10 @@ class StateDictModel(ModelSource):
                               "source.arch._target_=my_package.Net (+source.arch.<arg>=... for its arguments)")
         if not weights:
             raise ConfigError("source.weights is required: the path of a .pt, .pth or .safetensors state dict")
-        self.arch, self.weights = dict(arch), str(weights)
+        from omegaconf import OmegaConf
+
+        self.arch = OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch) else dict(arch)
+        self.weights = str(weights)
 
     def build(self) -> LoadedModel:
         from hydra.errors import InstantiationException
