@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from hydra.utils import instantiate
 from torch import nn
 
@@ -59,7 +58,7 @@ class Counting:
     def stop(self) -> bool:
         return self.stop_at is not None and self.calls >= self.stop_at
 
-    def __enter__(self) -> Counting:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -86,7 +85,7 @@ def test_three_lines_from_a_notebook(trained_digits_model):
 
 
 def test_subsets_first_points_or_seeded_draw(trained_digits_model):
-    model, x, y = trained_digits_model
+    _, x, y = trained_digits_model
     evaluator = Evaluator(PGD(EPS), seed=3)
     first = evaluator.plan((x, y), n_examples=30, subset="first").loaders["test"].dataset
     seeded = evaluator.plan((x, y), n_examples=30).loaders["test"].dataset

@@ -179,9 +179,9 @@ def test_a_model_with_other_outputs_or_a_checkpoint_of_other_data_is_refused_bef
 def test_no_data_for_a_foreign_model_and_no_checkpoint_are_one_line_each(files, tmp_path, capsys, monkeypatch):
     code, _, err = run_cli("robustlip-eval", ["source=torchscript", f"source.path={files['root']}/net.torchscript.pt"],
                            tmp_path, capsys, monkeypatch)
-    assert code == 2 and error_lines(err) == [
+    assert code == 2 and error_lines(err) == [(
         "error: data is required with source=torchscript: choose the data the model was made for, e.g. data=cifar10 "
-        "(only a robustlip checkpoint knows its own)"]
+        "(only a robustlip checkpoint knows its own)")]
     code, _, err = run_cli("robustlip-eval", [], tmp_path, capsys, monkeypatch)
     assert code == 2 and len(error_lines(err)) == 1 and "ckpt_path is required with source=checkpoint" in err
     assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").rglob("config.yaml"))
