@@ -259,6 +259,11 @@ def test_eval_of_a_checkpoint_with_autoattack_as_configured(trained, tmp_path):
         "the gradient-masking probes vary PGD-like attacks; AutoAttack's flags replace them"
     )
     assert results["uncertainty"]["test/adv_acc"]["n"] == 8
+    # RobustBench's model card beside results.json, with what the card itself does not carry.
+    card = json.loads((tmp_path / "robustbench.json").read_text())
+    assert (card["dataset"], card["threat_model"], card["eps"], card["n_examples"]) == ("digits", "Linf", "0.1", 8)
+    assert card["autoattack_acc"] == str(round(metrics["test/adv_acc"], 2)) and card["subset"] == "seeded"
+    assert card["flags"] == {} and len(card["autoattack_acc_ci95"]) == 2
 
 
 def _lightning_eval(tmp_path: Path, name: str, ckpt: Path, devices: int) -> dict:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from torch import nn
 
@@ -223,3 +224,25 @@ def test_a_killed_and_a_terminated_robustlip_eval_continue_when_run_again(traine
     assert resumed["metrics"] == expected["metrics"]
     assert resumed["uncertainty"] == expected["uncertainty"]
     assert not state.exists()
+
+
+def test_report_puts_an_evaluated_foreign_model_beside_the_trained_runs(trained, tmp_path):
+    """A network robustlip did not train (here the same digits CNN as a plain state dict) is a row of its own."""
+    from robustlip.evaluate import evaluate as evaluate_command
+    from robustlip.report import build_report, load_config
+
+    ckpt, net, _ = trained
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    same = ["data=digits", "data.test_size=96", "data.train_eval_size=32", "data.eval_batch_size=8", "sanity=null",
+            "progress=false", "attack=pgd", "lipschitz=local", "seed=0"]
+    own = evaluate_command(compose_train_cfg(tmp_path / "evals" / "own", [f"ckpt_path={ckpt}", *same], "eval"))
+    foreign = evaluate_command(compose_train_cfg(tmp_path / "evals" / "foreign", [
+        "source=state_dict", "source.arch._target_=robustlip.models.DigitsCNN", "+source.arch.width=8",
+        f"source.weights={tmp_path / 'net.pt'}", *same], "eval"))
+    assert foreign == own, "the same network, data and seed: the same numbers, whatever the source"
+    build_report(load_config([str(tmp_path / "evals"), f"out_dir={tmp_path / 'report'}", "table_by=[data.name]"]))
+    text = (tmp_path / "report" / "report.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines()
+            if line.startswith(("| Natural ", "| DigitsCNN "))}
+    assert set(rows) == {"Natural", "DigitsCNN"}, text
+    assert rows["Natural"][4:] == rows["DigitsCNN"][4:], "one table, the same numbers in both rows"

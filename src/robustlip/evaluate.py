@@ -170,6 +170,8 @@ def _record(cfg: DictConfig, setup: DictConfig, loaded: LoadedModel) -> DictConf
                        "n_examples", "subset", "train_examples", "attack_gap_warning", "device", "precision")
            if key in cfg}
     trained = {key: loaded.train_config.get(key) for key in ("model", "objective") if loaded.train_config.get(key)}
+    if "model" not in trained and loaded.architecture:
+        trained["model"] = {"_target_": loaded.architecture}  # robustlip-report's tables are per dataset and network
     evaluated = {"evaluated_model": {"label": loaded.label, **loaded.description}}
     return OmegaConf.create({**own, **trained, **evaluated, **OmegaConf.to_container(setup)})
 

@@ -222,9 +222,14 @@ def method_label(run: Run) -> tuple[str, tuple]:
     """The paper's row name of a run and a key that sorts rows in the paper's order.
 
     Both come from the run's objective itself (``Objective.label``, ``Objective.sort_key``), built from
-    its config; a config whose objective cannot be built (another version's) falls back to its name.
+    its config; a config whose objective cannot be built (another version's) falls back to its name. A
+    robustlip-eval run of a model robustlip did not train (``evaluated_model`` in its config: a state dict,
+    torchvision, timm, RobustBench) is named by that model's label, after the paper's methods.
     """
     node = unflatten(run.config, "objective")
+    if not node and run.get("evaluated_model.label"):
+        label = str(run.get("evaluated_model.label"))
+        return label, (98, 0.0, label)
     name = str(node.get("name", "?"))
     if node.get("_target_"):
         from hydra.utils import instantiate

@@ -66,6 +66,8 @@ class LoadedModel:
     data: dict[str, Any] | None = None
     #: A robustlip checkpoint's resolved training config (its data, attack, Lipschitz estimator and seed).
     train_config: dict[str, Any] = field(default_factory=dict)
+    #: The network's class or constructor as a dotted name, where the source knows it (``torchvision.models.resnet18``).
+    architecture: str | None = None
 
 
 def read_state_dict(path: str | Path, key: str) -> dict[str, torch.Tensor]:
@@ -217,7 +219,8 @@ class StateDictModel(ModelSource):
                               f"{' '.join(str(exc.__cause__ or exc).split())[:200]}") from exc
         load_weights(net, read_state_dict(self.weights, "source.weights"), "source.weights", self.arch["_target_"])
         return LoadedModel(net, str(self.arch["_target_"]).rsplit(".", 1)[-1],
-                           {"source": self.kind, "arch": self.arch, "weights": _resolved(self.weights)})
+                           {"source": self.kind, "arch": self.arch, "weights": _resolved(self.weights)},
+                           architecture=str(self.arch["_target_"]))
 
 
 class TorchScriptModel(ModelSource):
@@ -266,7 +269,8 @@ class TorchvisionModel(ModelSource):
         net = torchvision.models.get_model(self.name, weights=None, num_classes=self.num_classes)
         load_weights(net, read_state_dict(self.weights, "source.weights"), "source.weights", f"torchvision {self.name}")
         return LoadedModel(net, f"torchvision {self.name}",
-                           {"source": self.kind, "name": self.name, "weights": _resolved(self.weights)})
+                           {"source": self.kind, "name": self.name, "weights": _resolved(self.weights)},
+                           architecture=f"torchvision.models.{self.name}")
 
     def auto_normalization(self, net: nn.Module) -> tuple[Sequence[float], Sequence[float], str]:
         return IMAGENET_MEAN, IMAGENET_STD, "torchvision's ImageNet statistics"
@@ -291,7 +295,7 @@ class TimmModel(ModelSource):
         net = timm.create_model(self.name, pretrained=False, num_classes=self.num_classes)
         load_weights(net, read_state_dict(self.weights, "source.weights"), "source.weights", f"timm {self.name}")
         return LoadedModel(net, f"timm {self.name}", {"source": self.kind, "name": self.name,
-                                                      "weights": _resolved(self.weights)})
+                                                      "weights": _resolved(self.weights)}, architecture=f"timm.{self.name}")
 
     def auto_normalization(self, net: nn.Module) -> tuple[Sequence[float], Sequence[float], str] | None:
         config = getattr(net, "pretrained_cfg", None) or {}
@@ -349,7 +353,8 @@ class RobustBenchModel(ModelSource):
         data = {"name": ROBUSTBENCH_DATASETS[self.dataset], "robustbench_dataset": self.dataset}
         return LoadedModel(net, f"RobustBench {self.name}",
                            {"source": self.kind, "name": self.name, "dataset": self.dataset,
-                            "threat_model": self.threat_model, "weights": _resolved(path)}, data)
+                            "threat_model": self.threat_model, "weights": _resolved(path)}, data,
+                           architecture=type(net).__name__)
 
 
 def robustbench_import() -> None:
