@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from robustlip.attacks.threat import canonical_norm
 from robustlip.runs.errors import check_choice
 
 if TYPE_CHECKING:
@@ -108,15 +109,36 @@ class Attack(ABC):
 
     @property
     def eps(self) -> float | None:
-        """The radius (pixel units), read from the threat model: the one place ε is stored. None without one."""
+        """The radius (pixel units), read from the threat model: the one place ε is stored. None without one.
+
+        An attack without a threat model (a user's own, docs/recipes.md) may still say its radius by
+        assigning ``self.eps = ...``; that declared value is what the evaluation then reads.
+        """
+        declared = self.__dict__.get("_declared_eps")
+        if declared is not None:
+            return declared
         threat = self.search.threat
         return None if threat is None else threat.eps
 
+    @eps.setter
+    def eps(self, value: float | None) -> None:
+        self.__dict__["_declared_eps"] = None if value is None else float(value)
+
     @property
     def norm(self) -> str | None:
-        """The threat model's norm, canonical ("inf", "2", "1"); None for an attack without a threat model."""
+        """The threat model's norm, canonical ("inf", "2", "1"); None for an attack without a threat model.
+
+        As with :attr:`eps`, an attack without a threat model may declare it by assigning ``self.norm``.
+        """
+        declared = self.__dict__.get("_declared_norm")
+        if declared is not None:
+            return declared
         threat = self.search.threat
         return None if threat is None else threat.norm
+
+    @norm.setter
+    def norm(self, value: str | None) -> None:
+        self.__dict__["_declared_norm"] = None if value is None else canonical_norm(value, "attack.norm")
 
     @property
     def title(self) -> str:
