@@ -416,6 +416,9 @@ class Session:
         batches = batch_indices(len(loader.dataset), loader.batch_size)[:limit_batches]
         done = set(self.done.get(split, []))
         mine = [k for k in range(len(batches)) if k % world_size == rank and k not in done]
+        # Every process holds a meter for every split it was asked to run, even with no batch of its own
+        # (32 points in one batch on two processes): the sums in result() are collectives that all must join.
+        self.meter(split)
         if not mine:
             return
         total = sum(len(batches[k]) for k in mine)
