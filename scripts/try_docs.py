@@ -3,6 +3,7 @@
     bash scripts/try_docs.sh            # every command that fits a CPU (tens of minutes on 2 cores)
     bash scripts/try_docs.sh --quick    # one small run of each kind (CI runs it after the tests)
     bash scripts/try_docs.sh --list     # what would run, be skipped, and why
+    bash scripts/try_docs.sh --only 'evaluation.md'   # the commands of one page (a regex on page:line and text)
 
 The commands are the lines of the fenced ```bash blocks (continuation lines joined, comments dropped).
 Each runs as written, with these changes, all printed:
@@ -200,6 +201,9 @@ class Runner:
             program = Path(words[0]).name
             if words[0] == "python":
                 words[0] = sys.executable
+                # A script's output folder under /tmp (scripts/own_model.py --out /tmp/my_model): moved as the
+                # robustlip commands' /tmp paths are (fill), so the commands after it find what it wrote.
+                words = [self.moved(w) if w.startswith("/tmp/") else w for w in words]
             if program in COMMANDS:
                 words = [str(BIN / program), *self.fill(program, words[1:])]
                 if "--help" not in words and "--cfg" not in words and program in SMALL:
@@ -227,6 +231,13 @@ class Runner:
             prepared.append(shlex.join([*env, *words]) if not env else " ".join([*env, shlex.join(words)]))
         return " && ".join(prepared)
 
+    def moved(self, path: str) -> str:
+        """A path under /tmp the docs name (a run dir, a sweep dir, a model file): moved, the same way in every
+        command, into this script's work folder."""
+        if path.startswith(str(self.work)):
+            return path
+        return str(self.logs / "rundirs" / path.strip("/"))
+
     def fill(self, program: str, args: list[str]) -> list[str]:
         out = []
         for arg in args:
@@ -238,11 +249,8 @@ class Runner:
                 arg = f"{key}={self.checkpoint}"
             elif program == "robustlip-report" and "=" not in arg and ("<" in arg or arg == "DIR" or "*" in arg):
                 arg = str(self.logs)
-            elif "=" in arg and arg.split("=", 1)[1].startswith("/tmp/") and not arg.split("=", 1)[1].startswith(
-                    str(self.work)):
-                # A folder under /tmp the docs name (a run dir, a sweep dir, a checkpoint in one): moved, the same
-                # way in every command, into this script's work folder.
-                arg = f"{key}={self.logs / 'rundirs' / arg.split('=', 1)[1].strip('/')}"
+            elif "=" in arg and arg.split("=", 1)[1].startswith("/tmp/"):
+                arg = f"{key}={self.moved(arg.split('=', 1)[1])}"
             out.append(arg)
         return out
 
@@ -305,9 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one small run of each kind (CI)")
     parser.add_argument("--list", action="store_true", help="print what would run or be skipped, run nothing")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs of every run)")
+    parser.add_argument("--only", metavar="REGEX", default=None,
+                        help="only the commands whose page:line or text matches (e.g. 'evaluation.md|own_model')")
     args = parser.parse_args(argv)
 
     commands = extract(DOCS)
+    if args.only:
+        commands = [c for c in commands if re.search(args.only, f"{c.source} {c.text}")]
     for command in commands:
         classify(command, args.quick)
     work = Path(tempfile.mkdtemp(prefix="try_docs-"))

@@ -101,6 +101,11 @@ def test_the_same_network_through_every_source_gives_identical_numbers(files, ro
         out = tmp_path / name
         evaluate(_compose(out, files, *(o.format(root=files["root"]) for o in overrides)))
         results[name] = json.loads((out / "results.json").read_text())
+    # The table of this comparison (pytest -s shows it).
+    print("\n| source | test/acc | test/adv_acc | test/lipschitz |\n|---|---|---|---|")
+    for name, result in results.items():
+        m = result["metrics"]
+        print(f"| {name} | {m['test/acc']:.2f} | {m['test/adv_acc']:.2f} | {m['test/lipschitz']!r} |")
     reference = results["state_dict"]
     assert set(reference["metrics"]) == {"test/acc", "test/adv_acc", "test/lipschitz"}
     assert reference["examples"] == {"test": 8}
