@@ -247,16 +247,20 @@ class TorchScriptModel(ModelSource):
         return LoadedModel(net, f"TorchScript {path.stem}", {"source": self.kind, "path": _resolved(path)})
 
 
-class TorchvisionModel(ModelSource):
-    """``torchvision.models.get_model(name, num_classes=...)`` with a local weights file."""
-
-    kind = "torchvision"
+class NamedArchitecture(ModelSource):
+    """An architecture a library builds by name (torchvision, timm) with a local weights file: nothing is downloaded."""
 
     def __init__(self, name: str, weights: str, num_classes: int, mean="auto", std="auto") -> None:
         super().__init__(mean, std)
         self.name, self.weights, self.num_classes = str(name), str(weights or ""), int(num_classes)
         if not self.weights:
             raise ConfigError("source.weights is required: a local weights file (nothing is downloaded)")
+
+
+class TorchvisionModel(NamedArchitecture):
+    """``torchvision.models.get_model(name, num_classes=...)`` with a local weights file."""
+
+    kind = "torchvision"
 
     def build(self) -> LoadedModel:
         import torchvision
@@ -276,16 +280,10 @@ class TorchvisionModel(ModelSource):
         return IMAGENET_MEAN, IMAGENET_STD, "torchvision's ImageNet statistics"
 
 
-class TimmModel(ModelSource):
+class TimmModel(NamedArchitecture):
     """``timm.create_model(name, num_classes=...)`` with a local weights file (pip extra ``timm``)."""
 
     kind = "timm"
-
-    def __init__(self, name: str, weights: str, num_classes: int, mean="auto", std="auto") -> None:
-        super().__init__(mean, std)
-        self.name, self.weights, self.num_classes = str(name), str(weights or ""), int(num_classes)
-        if not self.weights:
-            raise ConfigError("source.weights is required: a local weights file (nothing is downloaded)")
 
     def build(self) -> LoadedModel:
         timm = _optional("timm", "timm")
