@@ -111,7 +111,7 @@ class Attack(ABC):
     def eps(self) -> float | None:
         """The radius (pixel units), read from the threat model: the one place ε is stored. None without one.
 
-        An attack without a threat model (a user's own, docs/recipes.md) may still say its radius by
+        An attack without a threat model (a user's own: docs/architecture.md, "Add an attack") may still say its radius by
         assigning ``self.eps = ...``; that declared value is what the evaluation then reads.
         """
         declared = self.__dict__.get("_declared_eps")
