@@ -8,7 +8,8 @@ L15-89; ``lolip/attacks/torch/projected_gradient_descent.py`` L13-44, L92-195 an
 ``eps * sign(grad)``). Departures, none of which changes the arithmetic: no ``.cuda()``; random draws in
 the inputs' dtype (the authors' ``torch.randn(x.shape)`` is float32, their inputs too); FGM's
 ``x.to(torch.float)`` is left out so the whole computation stays in float64; ``optimizer.zero_grad()``
-becomes ``model.zero_grad()``.
+becomes ``model.zero_grad()``. ``fidelity=paper`` TRADES is compared with TRADES' own reference code
+(github yaodongyu/TRADES at 6e8e11b, ``trades.py`` L14-84).
 
 The network has BatchNorm and dropout, so the comparison sees the order and mode of every forward
 (each train-mode forward moves the running statistics and draws a dropout mask). Everything runs in
@@ -173,6 +174,32 @@ def authors_strades_step(model: nn.Module, x: Tensor, y: Tensor, eps: float, bet
     return outputs, loss
 
 
+def zhang_trades_step(model: nn.Module, x: Tensor, y: Tensor, eps: float, beta: float, steps: int = 10) -> tuple[Tensor, Tensor]:
+    """``trades_loss`` of TRADES' reference code (ℓ∞ branch), step_size = 2ε/steps: mean CE, KL summed ÷ B,
+    train-mode forwards clean → adversarial → clean (L79-82)."""
+    step_size = eps * 2 / steps
+    criterion_kl = nn.KLDivLoss(reduction="sum")
+    model.eval()
+    batch_size = len(x)
+    x_adv = x.detach() + 0.001 * torch.randn(x.shape, dtype=x.dtype).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
+        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+        x_adv = torch.clamp(x_adv, 0.0, 1.0)
+    model.train()
+    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
+    model.zero_grad()
+    logits = model(x)
+    loss_natural = F.cross_entropy(logits, y)
+    loss_robust = (1.0 / batch_size) * criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
+    loss = loss_natural + beta * loss_robust
+    return logits, loss
+
+
 # --- comparison -------------------------------------------------------------------------------------------
 
 
@@ -227,3 +254,9 @@ def test_faithful_trades_is_the_authors_strades_step_gradients_included():
     want = one_step(lambda m, x, y: authors_strades_step(m, x, y, eps=EPS, beta=6.0))
     assert want[3][2].item() == 3
     assert_same_step(one_step(ours(TRADES(eps=EPS, beta=6.0, fidelity="faithful"))), want)
+
+
+def test_paper_trades_is_trades_reference_step():
+    want = one_step(lambda m, x, y: zhang_trades_step(m, x, y, eps=EPS, beta=6.0))
+    assert want[3][2].item() == 3, "clean, adversarial, clean: TRADES' own order"
+    assert_same_step(one_step(ours(TRADES(eps=EPS, beta=6.0, fidelity="paper"))), want)
