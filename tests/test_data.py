@@ -264,6 +264,21 @@ def test_restricted_imagenet_resizes_pil_images_as_the_authors_bit_for_bit(tmp_p
         assert torch.equal(ours, train_view(image)), seed
 
 
+def test_restricted_imagenet_preset_and_history_name_what_no_public_commit_settles():
+    # docs/authors-code.md §6.1, §9: the published row is not reproducible from a public commit; the preset must
+    # say so, and the history must not credit 024a4e3 (experiment01.py only) with Restricted ImageNet's clip.
+    root = Path(__file__).resolve().parents[1]
+    preset = (root / "conf/experiment/table3_restricted_imagenet.yaml").read_text()
+    for unknown in ("e0c2c27", "DataParallel", "64 of the 128", "no advbeta branch", "a88991d", "not clip"):
+        assert unknown in preset, unknown
+    history = (root / "docs/authors-code.md").read_text()
+    section_6_1 = history[history.index("### 6.1 PGD"):history.index("### 6.2")]
+    assert "adds `clip_min=0, clip_max=1` to `experiments/experiment01.py` only" in section_6_1
+    assert "`experiments/restrictedImgnet.py` gets the clip only in\n`a88991d`" in section_6_1
+    section_9 = history[history.index("## 9. What an experiment records"):history.index("### Which model strings")]
+    assert "DataParallel(device_ids=[0, 1])" in section_9 and "no `advbeta` branch" in section_9
+
+
 def test_missing_restricted_imagenet_folder_names_the_path(tmp_path):
     dm = RestrictedImageNetDataModule(data_dir=tmp_path / "imagenet", num_workers=0)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "imagenet" / "train")):
