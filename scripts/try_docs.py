@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 #: The commands whose placeholders this script fills (robustlip-visualize: ``ckpt_path=...`` as for robustlip-eval).
-COMMANDS = ("robustlip-train", "robustlip-eval", "robustlip-separation", "robustlip-report", "robustlip-visualize")
+COMMANDS = ("robustlip-train", "robustlip-eval", "robustlip-separation", "robustlip-report", "robustlip-visualize",
+            "robustlip-staircase")
 
 #: (pattern in the command, why it is skipped)
 SKIP = [
@@ -77,10 +78,13 @@ SMALL = {
                         "trainer.enable_progress_bar": "false"},
     "robustlip-eval": {"+patch.data.test_size": "128", "sanity.max_batches": "1", "progress": "false"},
     "robustlip-separation": {},
+    "robustlip-staircase": {},
 }
 QUICK = {"robustlip-train": {"+trainer.limit_train_batches": "12", "data.train_eval_size": "128", "data.test_size": "128",
                              "callbacks.robust_evaluation.lipschitz.steps": "3"},
-         "robustlip-eval": {"+patch.data.test_size": "32", "evaluate_train": "false"}}
+         "robustlip-eval": {"+patch.data.test_size": "32", "evaluate_train": "false"},
+         # Figure 6a's 2,000 draws per n take minutes per command; 20 (5 from n = 400) show that it runs.
+         "robustlip-staircase": {"sweep.trials": "20", "sweep.trials_large_n": "5"}}
 #: Keys by which a command picks a small dataset itself (it then runs with its own sizes and epochs).
 SMALL_DATA_KEYS = ("data.train_size", "data.classes")
 #: --quick keeps whole epochs for these: a summed loss (fidelity=faithful) at its documented lr needs more than

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
 from robustlip.data import (
     CIFAR10DataModule,
@@ -231,6 +232,51 @@ def test_restricted_imagenet_reads_the_authors_superclass_tree_and_can_undersamp
     balanced.setup()
     assert torch.bincount(_all(balanced.train_eval_set)[1]).tolist() == [2] * 9
     assert len(balanced.test_set) == 9  # the test set is never re-sampled
+
+
+def _photo_like(width: int = 500, height: int = 375) -> Image.Image:
+    """A smooth image with texture, the size of a typical ImageNet photo: resizing it rounds like one."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
+    base = np.stack([127 + 100 * np.sin(xx / 37 + c) * np.cos(yy / 23 - c) for c in range(3)], axis=-1)
+    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+
+
+def test_restricted_imagenet_resizes_pil_images_as_the_authors_bit_for_bit(tmp_path):
+    from torchvision import transforms as tv1
+
+    image = _photo_like()
+    for name in SUPERCLASSES:  # the authors' super-class tree; ImageFolder wants every folder non-empty
+        for split in ("train", "val"):
+            (tmp_path / split / name).mkdir(parents=True)
+            image.save(tmp_path / split / name / "a.png")
+    dm = RestrictedImageNetDataModule(data_dir=tmp_path, val_size=0, num_workers=0)
+    dm.setup()
+    # The authors' lolip/datasets/__init__.py L63-83: v1 transforms on the PIL image ImageFolder loads.
+    test_view = tv1.Compose([tv1.Resize(72), tv1.CenterCrop(64), tv1.ToTensor()])
+    train_view = tv1.Compose([tv1.Resize(72), tv1.RandomCrop(64, padding=8), tv1.ToTensor()])
+    assert torch.equal(dm.test_set[0][0], test_view(image))
+    assert torch.equal(dm.train_eval_set[0][0], test_view(image))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = dm.train_set[0][0]
+        torch.manual_seed(seed)
+        assert torch.equal(ours, train_view(image)), seed
+
+
+def test_restricted_imagenet_preset_and_history_name_what_no_public_commit_settles():
+    # docs/authors-code.md §6.1, §9: the published row is not reproducible from a public commit; the preset must
+    # say so, and the history must not credit 024a4e3 (experiment01.py only) with Restricted ImageNet's clip.
+    root = Path(__file__).resolve().parents[1]
+    preset = (root / "conf/experiment/table3_restricted_imagenet.yaml").read_text()
+    for unknown in ("e0c2c27", "DataParallel", "64 of the 128", "no advbeta branch", "a88991d", "not clip"):
+        assert unknown in preset, unknown
+    history = (root / "docs/authors-code.md").read_text()
+    section_6_1 = history[history.index("### 6.1 PGD"):history.index("### 6.2")]
+    assert "adds `clip_min=0, clip_max=1` to `experiments/experiment01.py` only" in section_6_1
+    assert "`experiments/restrictedImgnet.py` gets the clip only in\n`a88991d`" in section_6_1
+    section_9 = history[history.index("## 9. What an experiment records"):history.index("### Which model strings")]
+    assert "DataParallel(device_ids=[0, 1])" in section_9 and "no `advbeta` branch" in section_9
 
 
 def test_missing_restricted_imagenet_folder_names_the_path(tmp_path):

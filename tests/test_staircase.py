@@ -19,7 +19,9 @@ from robustlip.runs.errors import ConfigError
 from robustlip.staircase import staircase as run_staircase
 from robustlip.theory.staircase import Staircase, constrained_lstsq, second_difference_penalty, sweep
 
-PAPER = Staircase()
+PAPER = Staircase()  # Figure 6a's population (splines/spline_tradeoff.py)
+#: One shift probability for draws and errors: the setting in which θ_rst is the Σ-projection of θ_std.
+ONE_SHIFT = Staircase(error_shift_prob=None)
 #: The authors' labeled sizes for 10 stairs (splines/spline_tradeoff.py get_num_examples).
 PAPER_NS = [22, 30, 35, 40, 50, 80, 100, 200, 300, 400, 500, 1000]
 
@@ -38,10 +40,10 @@ def test_paper_setting_has_the_authors_basis_and_a_well_specified_truth():
     # θ* reproduces the staircase at every point and perturbation: zero standard and robust error.
     assert np.allclose(p.design @ p.theta_star, p.targets, atol=1e-10)
     assert abs(p.std_error(p.theta_star)) < 1e-20 and p.robust_error(p.theta_star) < 1e-20
-    # Σ is the second moment of the features under the input distribution.
+    # Σ is the second moment of the features under the input distribution (one shift probability).
     rng = np.random.default_rng(0)
-    draws = p.features(p.points[p.sample(200_000, rng)])
-    assert np.allclose(draws.T @ draws / len(draws), p.sigma, atol=5e-3)
+    draws = ONE_SHIFT.features(ONE_SHIFT.points[ONE_SHIFT.sample(200_000, rng)])
+    assert np.allclose(draws.T @ draws / len(draws), ONE_SHIFT.sigma, atol=5e-3)
 
 
 def test_penalty_is_the_sum_of_squared_second_differences():
@@ -58,6 +60,106 @@ def test_constrained_lstsq_equals_the_kkt_solution():
     assert np.allclose(constrained_lstsq(c, d, design=a, target=b), expected, atol=1e-10)
     with pytest.raises(ValueError, match="inconsistent"):
         constrained_lstsq(np.vstack([c, c[:1]]), np.concatenate([d, [d[0] + 1.0]]))
+
+
+# ------------------------------------------------------------------------------------------------
+# The published settings against the authors' scripts (github p-lambda/robust_tradeoff at 3999ed4)
+# ------------------------------------------------------------------------------------------------
+def authors_get_feats(x: np.ndarray, knots: np.ndarray, left_offset: int) -> np.ndarray:
+    """``get_feats`` of splines/spline_tradeoff.py (L80-103; ``left_offset=0``) and splines/fig2_spline.py
+    (L73-97, whose left padding is ``aug - M - 1 - knots[0]``: ``left_offset=1``); ``np.int`` → ``int``."""
+    x = x[:, np.newaxis]
+    m_order = 4
+    aug = np.arange(1, m_order)
+    knots = np.r_[aug - m_order - left_offset - knots[0], knots, aug + knots[-1]]
+    bases = (x >= knots[:-1]).astype(int) * (x < knots[1:]).astype(int)
+    maxi = len(knots) - 1
+    for m in range(2, m_order + 1):
+        maxi -= 1
+        left = (x - knots[:maxi]) * bases[:, :maxi] / (knots[m - 1:maxi + m - 1] - knots[:maxi])
+        right = (knots[m:maxi + m] - x) * bases[:, 1:maxi + 1] / (knots[m:maxi + m] - knots[1:maxi + 1])
+        bases = left + right
+    return bases
+
+
+def authors_knots(num_stairs: int, adv_eps: float = 0.5) -> np.ndarray:
+    return np.sort(np.r_[np.arange(num_stairs), np.arange(num_stairs) + adv_eps])
+
+
+def authors_test_mse(theta_feats, num_stairs: int, weights: np.ndarray, x_noise: float, robust: bool) -> float:
+    """``test_mse`` of spline_tradeoff.py (L146-173), noiseless (noise_eps = 0), slope 1: per stair, x_noise on
+    i + ε and 1 − x_noise on i (standard), or the larger of the two (robust)."""
+    total = []
+    for i in range(num_stairs):
+        err_shifted, err_clean = ((float(theta_feats(np.array([t]))[0]) - i) ** 2 for t in (i + 0.5, float(i)))
+        total.append(max(err_shifted, err_clean) if robust else x_noise * err_shifted + (1 - x_noise) * err_clean)
+    return float(np.sum(np.asarray(total) * weights))
+
+
+def composed_problem(train_cfg, *overrides: str) -> tuple[Staircase, object]:
+    from robustlip.runs.config import instantiate_group
+
+    cfg = train_cfg(list(overrides), config_name="staircase")
+    return instantiate_group(cfg, "staircase"), cfg
+
+
+def test_default_setting_is_figure_6a_of_spline_tradeoff(train_cfg):
+    from robustlip.staircase import check_sweep
+
+    p, cfg = composed_problem(train_cfg)
+    assert cfg.setting_name == "figure6a" and p == PAPER
+    # x_noise = 0.01: generate_x_noise shifts with probability 0.01 · ½, test_mse weights the shift by 0.01.
+    assert (p.shift_prob, p.error_shift_prob, p.num_stairs) == (0.005, 0.01, 10)
+    ns, trials, unlabeled, _ = check_sweep(cfg, p)
+    assert ns == PAPER_NS and unlabeled == 50000
+    assert trials == [2000] * 9 + [25] * 3  # num_trials = 25 if j > 8 else 2000
+    assert np.allclose(p.features(p.points), authors_get_feats(p.points, authors_knots(10), 0), atol=1e-12)
+    # Both errors equal the authors' test_mse on any θ (their θ* fits every support point: y = ⌊t⌋).
+    theta = p.theta_std(np.array([0, 2, 4, 8]))
+    weights = np.r_[[0.2] * 5, [0.01] * 5] / 1.05
+    for robust, ours in ((False, p.std_error(theta)), (True, p.robust_error(theta))):
+        expected = authors_test_mse(lambda t: p.features(t) @ theta, 10, weights, 0.01, robust)
+        assert ours == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    # The sampler: a draw is a perturbation with probability 0.005.
+    assert p.prob.reshape(10, 2)[:, 1].sum() == pytest.approx(0.005)
+
+
+def test_figure_2_setting_is_fig2_spline(train_cfg):
+    p, cfg = composed_problem(train_cfg, "setting=figure2")
+    assert (p.num_stairs, p.shift_prob, p.rst_anchor, cfg.example.num_unlabeled) == (7, 0.05, "floor", 10000)
+    assert list(cfg.example.labeled) == [0, 1, 2, 3]
+    knots = authors_knots(7)
+    assert np.allclose(p.design, authors_get_feats(p.points, knots, 1), atol=1e-12)  # its own padding: -4, -3, -2
+    assert p.dim == 16
+    # θ_rst as fig2_spline.py L158-170 poses it: θ_std read at ⌊u⌋, fitted at ⌊u⌋, consistent on every draw.
+    labeled = np.array([0, 1, 2, 3]) * 2
+    rng = np.random.default_rng(0)
+    draws = p.sample(10000, rng)
+    u = p.points[draws]
+    std = p.theta_std(labeled)
+    at_floor, at_shift = p.features(np.floor(u)), p.features(np.floor(u) + 0.5)
+    fitted = p.features(np.r_[np.floor(p.points[labeled]), np.floor(p.points[labeled]) + 0.5])
+    constraints = np.vstack([fitted, at_floor - at_shift])
+    rhs = np.r_[p.targets[labeled], p.targets[labeled], np.zeros(len(u))]
+    theirs = constrained_lstsq(constraints, rhs, design=at_floor, target=at_floor @ std, penalty=p.penalty)
+    ours = p.theta_rst(labeled, np.bincount(draws, minlength=len(p.points)), theta_std=std)
+    assert np.allclose(p.design @ ours, p.design @ theirs, atol=1e-8)
+    # Read at the draw itself instead (spline_tradeoff.py's anchor), the fit is another one.
+    elsewhere = Staircase(**{**_fields(p), "rst_anchor": "point"})
+    point = elsewhere.theta_rst(labeled, np.bincount(draws, minlength=len(p.points)), theta_std=std)
+    assert not np.allclose(p.design @ point, p.design @ theirs, atol=1e-6)
+
+
+def _fields(p: Staircase) -> dict:
+    return {name: getattr(p, name) for name in ("num_stairs", "eps", "perturbation", "shift_prob", "heavy_stairs",
+                                                "heavy_weight", "light_weight", "slope", "penalty_ridge",
+                                                "error_shift_prob", "left_pad_shift", "rst_anchor")}
+
+
+def test_shift_probability_0_1_is_a_named_variant(train_cfg):
+    p, cfg = composed_problem(train_cfg, "setting=shift01")
+    assert (p.shift_prob, p.error_shift_prob, cfg.sweep.trials, cfg.sweep.large_n) == (0.1, None, 500, None)
+    assert np.allclose(p.error_prob, p.prob)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,8 +232,9 @@ def test_rst_equals_brute_force_constrained_least_squares(consistency):
 # The paper's inequalities for every n of the sweep
 # ------------------------------------------------------------------------------------------------
 def test_rst_never_loses_standard_error_and_beats_aug_robust_error_at_every_n():
-    # The expectation over unlabeled inputs taken exactly (the limit of many unlabeled draws).
-    rows = sweep(PAPER, PAPER_NS, trials=150, num_unlabeled=None, seed=0)
+    # The expectation over unlabeled inputs taken exactly (the limit of many unlabeled draws), and L_std weighting
+    # the inputs as the draws do: then θ_rst is the Σ-projection of θ_std and the inequalities hold on every draw.
+    rows = sweep(ONE_SHIFT, PAPER_NS, trials=150, num_unlabeled=None, seed=0)
     for row in rows:
         # On every single draw: L_std(θ_rst) ≤ L_std(θ_std), and L_rob(θ_rst) ≤ L_rob(θ_std).
         assert row["violations/std_rst_le_std"] == 0, row
@@ -196,6 +299,9 @@ def test_decomposition_against_direct_computation(n):
     ({"perturbation": "sideways"}, "staircase.perturbation='sideways'"),
     ({"num_stairs": 1}, "staircase.num_stairs=1"),
     ({"shift_prob": 1.0}, "staircase.shift_prob=1.0"),
+    ({"error_shift_prob": -0.1}, "staircase.error_shift_prob=-0.1"),
+    ({"rst_anchor": "ceil"}, "staircase.rst_anchor='ceil'"),
+    ({"left_pad_shift": -1}, "staircase.left_pad_shift=-1"),
 ])
 def test_bad_setting_is_one_named_error(kwargs, named):
     with pytest.raises(ConfigError) as info:

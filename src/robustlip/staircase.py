@@ -45,24 +45,45 @@ CSV_METRICS = [f"{kind}/{est}_{stat}" for kind in ("std_error", "robust_error") 
 ]
 
 
-def check_sweep(cfg: DictConfig, problem: Staircase) -> tuple[list[int], int, int | None, list[int]]:
-    """The sweep's sizes, trials, unlabeled draws and the figure's labeled stairs, range-checked by name."""
+def _shown(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def check_trials(sweep_cfg: DictConfig, ns: list[int]) -> list[int]:
+    """Draws for each n: ``sweep.trials``, or ``sweep.trials_large_n`` for n >= ``sweep.large_n`` (the
+    authors' Figure 6a draws 2,000 times for n < 400 and 25 times above); each >= 2, for the error bars."""
+    counts = {}
+    for key in ("trials", "trials_large_n"):
+        count = check_positive_int(f"sweep.{key}", sweep_cfg.get(key, 2) if key == "trials_large_n" else sweep_cfg[key])
+        if count < 2:
+            raise ConfigError(f"sweep.{key}={count!r} is not allowed; it must be >= 2 (the error bars need two draws)")
+        counts[key] = count
+    large_n = sweep_cfg.get("large_n")
+    if large_n is None:  # one count for every n
+        return [counts["trials"]] * len(ns)
+    large_n = check_positive_int("sweep.large_n", large_n)
+    return [counts["trials_large_n"] if n >= large_n else counts["trials"] for n in ns]
+
+
+def check_unlabeled(key: str, value: Any) -> int | None:
+    """A number of unlabeled draws, or null: the exact expectation over the input distribution."""
+    return None if value is None else check_positive_int(key, value)
+
+
+def check_sweep(cfg: DictConfig, problem: Staircase) -> tuple[list[int], list[int], int | None, list[int]]:
+    """The sweep's sizes, trials per size, unlabeled draws and the figure's labeled stairs, range-checked by name."""
     ns = cfg.sweep.n
     if not OmegaConf.is_list(ns) or len(ns) == 0 or not all(isinstance(v, int) and v >= 1 for v in ns):
-        raise ConfigError(f"sweep.n={OmegaConf.to_container(ns) if OmegaConf.is_config(ns) else ns!r} is not "
-                          "allowed; give a non-empty list of integers >= 1, e.g. [22,50,100]")
-    trials = check_positive_int("sweep.trials", cfg.sweep.trials)
-    if trials < 2:
-        raise ConfigError(f"sweep.trials={trials!r} is not allowed; it must be >= 2 (the error bars need two draws)")
-    unlabeled = cfg.sweep.num_unlabeled
-    if unlabeled is not None:  # null: the exact expectation over the input distribution
-        unlabeled = check_positive_int("sweep.num_unlabeled", unlabeled)
+        raise ConfigError(f"sweep.n={_shown(ns)!r} is not allowed; give a non-empty list of integers >= 1, e.g. [22,50,100]")
+    ns = [int(v) for v in ns]
+    trials = check_trials(cfg.sweep, ns)
+    unlabeled = check_unlabeled("sweep.num_unlabeled", cfg.sweep.num_unlabeled)
     labeled = cfg.example.labeled
     if (not OmegaConf.is_list(labeled) or len(labeled) == 0
             or not all(isinstance(v, int) and 0 <= v < problem.num_stairs for v in labeled)):
-        raise ConfigError(f"example.labeled={OmegaConf.to_container(labeled) if OmegaConf.is_config(labeled) else labeled!r} "
+        raise ConfigError(f"example.labeled={_shown(labeled)!r} "
                           f"is not allowed; give a non-empty list of stairs in [0, {problem.num_stairs})")
-    return [int(v) for v in ns], trials, unlabeled, [int(v) for v in labeled]
+    return ns, trials, unlabeled, [int(v) for v in labeled]
 
 
 def fit_example(problem: Staircase, stairs: list[int], num_unlabeled: int | None, seed: int,
@@ -93,18 +114,23 @@ def staircase(cfg: DictConfig) -> dict[str, Any]:
     output_dir = check_writable_dir("paths.output_dir", cfg.paths.output_dir)
     problem: Staircase = instantiate_group(cfg, "staircase")
     ns, trials, num_unlabeled, stairs = check_sweep(cfg, problem)
+    # The figure's fit may use its own draws (Figure 2: 10,000); by default the sweep's.
+    example_unlabeled = check_unlabeled("example.num_unlabeled", cfg.example.get("num_unlabeled", num_unlabeled))
     consistency = bool(cfg.sweep.get("consistency", True))
     save_resolved_config(cfg, output_dir)
-    log.info("staircase: %d stairs, %s perturbations (eps=%g), %d features; n=%s, %d trials each",
+    log.info("staircase: %d stairs, %s perturbations (eps=%g), %d features; n=%s, trials=%s",
              problem.num_stairs, problem.perturbation, problem.eps, problem.dim, ns, trials)
     rows = sweep(problem, ns, trials, num_unlabeled, int(cfg.seed), consistency=consistency)
-    example = fit_example(problem, stairs, num_unlabeled, int(cfg.seed), consistency=consistency)
+    example = fit_example(problem, stairs, example_unlabeled, int(cfg.seed), consistency=consistency)
     payload = {
         "setting": {
+            "name": cfg.get("setting_name"),
             "num_stairs": problem.num_stairs, "eps": problem.eps, "perturbation": problem.perturbation,
-            "shift_prob": problem.shift_prob, "stair_weights": problem.stair_weights.tolist(),
-            "features": problem.dim, "knots": problem.knots.tolist(), "penalty_ridge": problem.penalty_ridge,
-            "trials": trials, "num_unlabeled": num_unlabeled, "consistency": consistency, "seed": int(cfg.seed),
+            "shift_prob": problem.shift_prob, "error_shift_prob": problem.error_shift_prob,
+            "stair_weights": problem.stair_weights.tolist(), "features": problem.dim, "knots": problem.knots.tolist(),
+            "penalty_ridge": problem.penalty_ridge, "rst_anchor": problem.rst_anchor, "trials": trials,
+            "num_unlabeled": num_unlabeled, "example_num_unlabeled": example_unlabeled, "consistency": consistency,
+            "seed": int(cfg.seed),
         },
         # For sweep summaries and loggers: the smallest n, where the paper's effect is largest.
         "metrics": {k: v for k, v in rows[0].items() if k.endswith("_mean")},

@@ -12,8 +12,8 @@ and LLR trains on the δ in the ε-ball that maximises it. Two behaviours, chose
 * faithful (docs/authors-code.md §13.2): the authors' code zeroes ∇ₓℓ(x) in place before using it and comments out
   ℓ(x), so the ascended quantity is |Σ_i ℓ_i(x + δ_i)| = Σ_i ℓ_i(x + δ_i) — a plain cross-entropy
   attack; steps are the gradient divided by its ℓ∞ norm and the projection clamps to the box then
-  rescales δ (:class:`LinfRenormThreat`). (A zero gradient stays zero here; the authors replace it by
-  noise — it does not occur in practice.)
+  rescales δ with ``torch.renorm`` (:class:`LinfRenormThreat`); a zero gradient is replaced by noise,
+  as the authors' is. tests/test_reference_code.py checks the whole step against a transcription.
 
 Both start at x + 0.001·N(0, I) and take 2 steps of ε/2 by default (the authors' settings).
 """

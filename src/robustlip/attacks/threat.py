@@ -106,22 +106,30 @@ class L2Threat(ThreatModel):
 class LinfRenormThreat(LinfThreat):
     """The ℓ∞ ball as the authors' LLR inner loop walks it (docs/authors-code.md §5.6, §13.2; ``fidelity=faithful``).
 
-    Two differences from :class:`LinfThreat`, both reproduced on purpose:
+    Two differences from :class:`LinfThreat`, both reproduced on purpose, with the authors' arithmetic
+    (``lolip/models/torch_utils/llr.py`` L51-61 at 656616a, github yangarbiter/robust-local-lipschitz):
 
     * the step is the gradient divided by its own ℓ∞ norm (its largest entry becomes ±1), not its sign;
-    * projection clamps to the box first and then *rescales* the whole perturbation onto the ball
-      (``torch.renorm``), instead of clipping each coordinate.
+      an example whose gradient is zero steps along ``randn`` instead, as theirs does;
+    * projection clamps to the box first and then *rescales* the whole perturbation onto the ball with
+      ``torch.renorm``'s rule: only when its norm exceeds ε, by ε / (norm + 1e-7). That 1e-7 leaves δ a
+      hair inside the ball; a 1e-12 instead moved the LLR gradients by ~3e-6 (tests/test_reference_code.py).
 
     Rescaling towards the clean point keeps the box: both ends of the segment lie inside it.
     """
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         delta = torch.clamp(x_adv, 0.0, 1.0) - x
-        factor = torch.clamp(self.eps / (_per_example_norm(delta, math.inf) + 1e-12), max=1.0)
-        return torch.clamp(x + delta * factor, 0.0, 1.0)
+        delta = delta.renorm(p=math.inf, dim=0, maxnorm=self.eps)
+        return torch.clamp(x + delta, 0.0, 1.0)
 
     def step(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
-        return x_adv + step_size * grad / (_per_example_norm(grad, math.inf) + 1e-12)
+        norms = _per_example_norm(grad, math.inf)
+        direction = grad / norms
+        flat = norms.flatten() == 0
+        if flat.any():
+            direction[flat] = torch.randn_like(direction[flat])
+        return x_adv + step_size * direction
 
 
 #: The spellings a config may use for each norm, by canonical name.

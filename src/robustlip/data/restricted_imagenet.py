@@ -28,7 +28,12 @@ Two folder layouts are read with torchvision's ``ImageFolder``:
 ``layout: auto`` picks ``superclass`` when the train folder's sub-folders are the 9 names.
 
 Transforms (docs/authors-code.md §2): train Resize(72) → RandomCrop(64, padding=8) → [0,1] tensor (no flip); test
-and the train-evaluation view Resize(72) → CenterCrop(64). The authors measured train metrics on
+and the train-evaluation view Resize(72) → CenterCrop(64). They are the authors' own torchvision
+(v1) transforms on PIL images (``lolip/datasets/__init__.py`` L63-83 at 656616a, github
+yangarbiter/robust-local-lipschitz), not their ``v2`` tensor counterparts: PIL's resize filter rounds
+differently from the tensor one (pixels off by 1/255, enough to move a Table 1 minimum distance by a
+grey level), ``v2.ToDtype`` multiplies by 1/255 where ``ToTensor`` divides by 255, and ``v2.RandomCrop``
+draws its offsets in another order. tests/test_data.py checks both views bit for bit. The authors measured train metrics on
 randomly cropped images; ``train_eval_random_crop: true`` reproduces that (docs/authors-code.md §13 item 9).
 """
 
@@ -40,7 +45,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets
-from torchvision.transforms import v2
+from torchvision import transforms as tv1
 
 from robustlip.data.base import DatasetSplits, RobustDataModule
 from robustlip.runs.errors import ConfigError, check_choice
@@ -132,13 +137,11 @@ class RestrictedImageNetDataModule(RobustDataModule):
         self.train_eval_random_crop = bool(train_eval_random_crop)
 
     # -- transforms (docs/authors-code.md §2) ------------------------------------------------------------------
-    def train_transform(self) -> v2.Compose:
-        return v2.Compose([v2.ToImage(), v2.Resize(self.resize), v2.RandomCrop(self.crop, padding=self.padding),
-                           v2.ToDtype(torch.float32, scale=True)])
+    def train_transform(self) -> tv1.Compose:
+        return tv1.Compose([tv1.Resize(self.resize), tv1.RandomCrop(self.crop, padding=self.padding), tv1.ToTensor()])
 
-    def test_transform(self) -> v2.Compose:
-        return v2.Compose([v2.ToImage(), v2.Resize(self.resize), v2.CenterCrop(self.crop),
-                           v2.ToDtype(torch.float32, scale=True)])
+    def test_transform(self) -> tv1.Compose:
+        return tv1.Compose([tv1.Resize(self.resize), tv1.CenterCrop(self.crop), tv1.ToTensor()])
 
     # -- folders ---------------------------------------------------------------------------------
     def _split_dir(self, split: str) -> Path:

@@ -5,17 +5,19 @@ L = CE(f(x), y) + β · KL( p(x) ‖ p(x') ), x' = argmax over the ε-ball ∩ [
 prediction p(x) is *not* detached in the KL term: gradients flow through both arms, as in the
 reference TRADES code. The paper sweeps β ∈ {1, 3, 6}; β = 0 is natural training.
 
+Both fidelities run the train-mode forwards in TRADES' own order (Zhang et al.'s ``trades.py`` L79-82 at
+6e8e11b, github yaodongyu/TRADES; the authors copy it, ``lolip/models/torch_utils/trades.py`` L81-84 at
+656616a, github yangarbiter/robust-local-lipschitz): clean for the CE term, adversarial, then clean
+*again* for p(x) in the KL term. The third forward matters twice over: with BatchNorm (WRN-40-10,
+ResNet-50) every train-mode forward updates the running statistics, so they end on the clean batch
+(not the adversarial one) and the network evaluated afterwards differs; with dropout the KL's clean
+arm gets its own mask.
+
 Fidelity:
 
-* ``paper`` averages CE and KL over the batch (Zhang et al.'s code) and runs two train-mode forwards,
-  clean then adversarial; one clean forward serves both terms.
+* ``paper`` averages CE and KL over the batch, as Zhang et al.'s code does (mean CE, KL summed ÷ B);
 * ``faithful`` sums both, Σ_i [CE_i + β·KL_i] (the authors' ``strades``, docs/authors-code.md §5.4,
-  §13.4), and runs the train-mode forwards in the authors' order (``lolip/models/torch_utils/trades.py``
-  L81-84, github yangarbiter/robust-local-lipschitz): clean for the CE term, adversarial, then clean
-  *again* for p(x) in the KL term. The third forward matters twice over: with BatchNorm (WRN-40-10,
-  ResNet-50) every train-mode forward updates the running statistics, so they end on the clean batch
-  (not the adversarial one) and the network evaluated afterwards differs; with dropout the KL's clean
-  arm gets its own mask.
+  §13.4).
 
 The inner loop is in eval mode in both.
 """
@@ -63,8 +65,7 @@ class TRADES(Objective):
         logits = model(x)
         natural = F.cross_entropy(logits, y, reduction="none")
         adversarial_logits = model(x_adv)
-        clean_logits = model(x) if self.faithful else logits
-        robust = prediction_divergence(clean_logits, adversarial_logits)
+        robust = prediction_divergence(model(x), adversarial_logits)
         loss = self.reduce(natural) + self.beta * self.reduce(robust)
         parts = {"natural": natural.mean().detach(), "robust": robust.mean().detach()}
         return ObjectiveOutput(loss=loss, logits=logits, parts=parts)

@@ -7,18 +7,24 @@ that robust self-training (RST) with unlabeled data removes that cost. On a line
 spline basis every estimator is a (constrained) least-norm problem, so each number below is exact
 linear algebra, not the outcome of an optimiser.
 
-The setting (paper §3, Figure 2; the authors' code ``p-lambda/robust_tradeoff``,
+The setting (paper §3, Figure 2; the authors' code, github p-lambda/robust_tradeoff at 3999ed4,
 ``splines/spline_tradeoff.py``):
 
 - **inputs** ``t`` on a discrete support: stair ``i ∈ {0..s-1}`` has weight ∝ ``heavy_weight`` for the
   first ``heavy_stairs`` stairs and ∝ ``light_weight`` after them (1/5 and 0.01: a dense start and a
   rare tail); the input is the stair itself, or, with probability ``shift_prob``, one of its
   perturbations ``i + o`` (o = ε for ``one_sided``, the paper's {⌊t⌋, ⌊t⌋ + ε} with ε = 1/2;
-  o ∈ {−ε, +ε} for ``two_sided``, which needs ε < 1/2 to stay on the stair);
+  o ∈ {−ε, +ε} for ``two_sided``, which needs ε < 1/2 to stay on the stair). The authors' scripts take
+  an ``x_noise`` and shift with probability ``x_noise / 2`` (``generate_x_noise`` shifts a masked draw
+  only when a fair coin says so) but weight the shifted point by ``x_noise`` itself in the standard
+  error (``test_mse``): ``error_shift_prob`` is that second probability (None: ``shift_prob``). Figure
+  6a (``spline_tradeoff.py``, x_noise = 0.01) is ``shift_prob = 0.005``, ``error_shift_prob = 0.01``;
 - **target** the staircase ``y = slope · i`` on stair i, noiseless, and locally flat: every
   perturbation keeps the target (*consistent* perturbations);
 - **features** ``x = X(t)``: cubic B-splines (order 4) on the knots = the support points, padded with
   three unit-spaced knots on each side (``2s + 2`` functions for one-sided perturbations);
+  ``left_pad_shift`` moves the left three out (``fig2_spline.py``'s ``get_feats`` pads with −4, −3, −2
+  where ``spline_tradeoff.py``'s pads with −3, −2, −1: shift 1);
 - **norm** ``θᵀPθ`` with ``P = DᵀD``, D the second differences of the coefficients (the P-spline
   smoothness penalty of the authors' ``get_P``), plus ``penalty_ridge · I`` (0 by default; > 0 makes
   the norm definite, which the rotated form of the paper's Theorem 1 needs);
@@ -34,9 +40,12 @@ Estimators for labeled inputs ``X_std`` (paper §4–§5):
   unlabeled draws, and — as the authors' ``solve_rst`` does — robust consistency on them,
   ``X(t̃)ᵀθ = X(t)ᵀθ`` for every perturbation t̃ of an unlabeled t (the β → ∞ limit of the paper's
   robust-consistency term; ``consistency=False`` drops it). Ties (directions the objective does not
-  see) go to the smallest θᵀPθ.
+  see) go to the smallest θᵀPθ. ``rst_anchor`` says where θ_std's prediction is read for an unlabeled u:
+  ``point``, at u itself (``spline_tradeoff.py``: ``y_u = X(u)θ_std``), or ``floor``, at its stair ⌊u⌋
+  (``fig2_spline.py``: ``y_u = X(⌊u⌋)θ_std``, fitted by X(⌊u⌋)θ).
 
-Errors: ``L_std(θ) = (θ − θ*)ᵀΣ(θ − θ*)`` with Σ = E[xxᵀ] over the support, and
+Errors: ``L_std(θ) = (θ − θ*)ᵀΣ(θ − θ*)`` with Σ = E[xxᵀ] over the support (shifted points weighted by
+``error_shift_prob``), and
 ``L_rob(θ) = E_t[max_{t̃ ∈ T(t)} (X(t̃)ᵀ(θ − θ*))²]`` (the perturbation set T(t) = every point of t's stair).
 The paper's Theorem 1: ``L_std(θ_std) − L_std(θ_aug) = vᵀΣv + 2wᵀΣv`` with ``v = Π_std^⊥ Π_aug θ*`` and
 ``w = Π_aug^⊥ θ*``, Π the (P-orthogonal) projections that map θ* to the min-norm interpolants.
@@ -54,6 +63,8 @@ from scipy.interpolate import BSpline
 from robustlip.runs.errors import ConfigError, check_choice
 
 PERTURBATIONS = ("one_sided", "two_sided")
+#: Where RST reads θ_std's prediction for an unlabeled draw u: at u, or at its stair ⌊u⌋ (module docstring).
+RST_ANCHORS = ("point", "floor")
 #: Cubic splines: B-splines of degree 3 (order 4).
 DEGREE = 3
 #: The estimators the sweep compares, in the order tables and plots show them.
@@ -132,12 +143,16 @@ class Staircase:
     num_stairs: int = 10
     eps: float = 0.5
     perturbation: str = "one_sided"
-    shift_prob: float = 0.1
+    shift_prob: float = 0.005
     heavy_stairs: int = 5
     heavy_weight: float = 0.2
     light_weight: float = 0.01
     slope: float = 1.0
     penalty_ridge: float = 0.0
+    #: The shifted points' weight in L_std; None: ``shift_prob``. Figure 6a: 0.01 (module docstring).
+    error_shift_prob: float | None = 0.01
+    left_pad_shift: float = 0.0
+    rst_anchor: str = "point"
     #: The config prefix of the keys named in error messages.
     key: str = field(default="staircase", compare=False, repr=False)
 
@@ -158,6 +173,13 @@ class Staircase:
             )
         if not isinstance(self.shift_prob, (int, float)) or not 0 <= self.shift_prob < 1:
             raise ConfigError(f"{k}.shift_prob={self.shift_prob!r} is not allowed; it must be a number in [0, 1)")
+        if self.error_shift_prob is not None and (
+                not isinstance(self.error_shift_prob, (int, float)) or not 0 <= self.error_shift_prob < 1):
+            raise ConfigError(f"{k}.error_shift_prob={self.error_shift_prob!r} is not allowed; it must be null or a "
+                              "number in [0, 1)")
+        if not isinstance(self.left_pad_shift, (int, float)) or self.left_pad_shift < 0:
+            raise ConfigError(f"{k}.left_pad_shift={self.left_pad_shift!r} is not allowed; it must be a number >= 0")
+        check_choice(f"{k}.rst_anchor", self.rst_anchor, RST_ANCHORS)
         for name in ("heavy_weight", "light_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
@@ -186,13 +208,21 @@ class Staircase:
         """The input value ``t`` of each support point."""
         return self.stair + np.tile(np.array(self.offsets), self.num_stairs)
 
+    def _point_prob(self, shift: float) -> np.ndarray:
+        m = len(self.offsets)
+        share = np.array([1.0 - shift] + [shift / (m - 1)] * (m - 1))
+        return np.repeat(self.stair_weights, m) * np.tile(share, self.num_stairs)
+
     @cached_property
     def prob(self) -> np.ndarray:
-        """P(t = point): the stair's weight, times 1 − shift_prob for the clean point and shift_prob split
-        evenly over its perturbations."""
-        m = len(self.offsets)
-        share = np.array([1.0 - self.shift_prob] + [self.shift_prob / (m - 1)] * (m - 1))
-        return np.repeat(self.stair_weights, m) * np.tile(share, self.num_stairs)
+        """P(t = point), the distribution labeled and unlabeled draws come from: the stair's weight, times
+        1 − shift_prob for the clean point and shift_prob split evenly over its perturbations."""
+        return self._point_prob(self.shift_prob)
+
+    @cached_property
+    def error_prob(self) -> np.ndarray:
+        """The weights of L_std: as :attr:`prob`, with ``error_shift_prob`` (the authors' ``test_mse``)."""
+        return self._point_prob(self.shift_prob if self.error_shift_prob is None else self.error_shift_prob)
 
     @cached_property
     def targets(self) -> np.ndarray:
@@ -203,7 +233,7 @@ class Staircase:
         """The padded knot vector: the support points plus three unit-spaced knots beyond each end."""
         inner = np.unique(self.points)
         pad = np.arange(1, DEGREE + 1, dtype=float)
-        return np.concatenate([inner[0] - pad[::-1], inner, inner[-1] + pad])
+        return np.concatenate([inner[0] - pad[::-1] - self.left_pad_shift, inner, inner[-1] + pad])
 
     def features(self, t: np.ndarray | Sequence[float]) -> np.ndarray:
         return bspline_features(np.asarray(t, dtype=float), self.knots)
@@ -228,8 +258,8 @@ class Staircase:
 
     @cached_property
     def sigma(self) -> np.ndarray:
-        """Σ = E[xxᵀ] over the input distribution."""
-        return self.design.T @ (self.prob[:, None] * self.design)
+        """Σ = E[xxᵀ] over the inputs L_std weights (:attr:`error_prob`)."""
+        return self.design.T @ (self.error_prob[:, None] * self.design)
 
     # -- sampling ------------------------------------------------------------------------------
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -277,6 +307,11 @@ class Staircase:
         counts = np.asarray(unlabeled_counts, dtype=float)
         if counts.shape != self.points.shape or (counts < 0).any():
             raise ValueError("unlabeled_counts must hold one non-negative count per support point")
+        if self.rst_anchor == "floor":  # every draw of a stair is read at, and fitted at, the stair's clean point
+            m = len(self.offsets)
+            per_stair = counts.reshape(self.num_stairs, m).sum(axis=1)
+            counts = np.zeros_like(counts)
+            counts[::m] = per_stair
         std = self.theta_std(labeled) if theta_std is None else theta_std
         fitted = np.union1d(np.asarray(labeled, dtype=int), self.perturbation_set(labeled))
         rows, rhs = [self.design[fitted]], [self.targets[fitted]]
@@ -384,9 +419,16 @@ def summarize_trials(trials: Sequence[Trial]) -> dict[str, float | int]:
     return out
 
 
-def sweep(problem: Staircase, ns: Sequence[int], trials: int, num_unlabeled: int | None, seed: int,
+def sweep(problem: Staircase, ns: Sequence[int], trials: int | Sequence[int], num_unlabeled: int | None, seed: int,
           consistency: bool = True) -> list[dict[str, float | int]]:
-    """One summary row per n; every trial draws its own labeled and unlabeled points from ``seed``."""
+    """One summary row per n; every trial draws its own labeled and unlabeled points from ``seed``.
+
+    ``trials`` is one count for every n, or one per n (the authors draw 2,000 times for n < 400 and 25
+    times above, ``spline_tradeoff.py`` L393-396).
+    """
+    per_n = [int(trials)] * len(ns) if isinstance(trials, (int, np.integer)) else [int(t) for t in trials]
+    if len(per_n) != len(ns):
+        raise ValueError(f"trials has {len(per_n)} counts for {len(ns)} sizes; give one count or one per size")
     rng = np.random.default_rng(seed)
-    return [summarize_trials([run_trial(problem, int(n), num_unlabeled, rng, consistency) for _ in range(trials)])
-            for n in ns]
+    return [summarize_trials([run_trial(problem, int(n), num_unlabeled, rng, consistency) for _ in range(count)])
+            for n, count in zip(ns, per_n)]
