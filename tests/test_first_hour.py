@@ -439,3 +439,64 @@ def test_every_config_folder_is_a_declared_package():
     folders = {"robustlip." + ".".join(d.relative_to(root).parts) for d in (root / "conf").rglob("*")
                if d.is_dir() and not d.name.startswith(("_", ".")) and any(d.glob("*.yaml"))}
     assert folders - declared == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - declared)}"
+
+
+# -- issue 24: a missing value, another dataset's checkpoint, and advice that works when followed ------------------
+def test_a_missing_mandatory_value_is_one_line_with_an_example_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli("robustlip-visualize", [], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert "ckpt_path is required" in line and "robustlip-visualize ckpt_path=logs/train/runs/" in line, line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_checkpoint_of_another_dataset_is_refused_by_train_and_eval_before_any_work(checkpoint, tmp_path, capsys,
+                                                                                      monkeypatch):
+    for command, extra in (("robustlip-train", []), ("robustlip-eval", [])):
+        code, out, err = run_cli(command, [f"ckpt_path={checkpoint}", "data=fashion_mnist", *extra], tmp_path, capsys,
+                                 monkeypatch)
+        assert code == 2 and "Traceback" not in err, err
+        (line,) = error_lines(err)
+        assert "data.name='fashion_mnist' is not the data this model was made for (data.name='digits')" in line, line
+        assert "data=digits" in line, line
+        assert ("allow_data_mismatch=true" in line) == (command == "robustlip-eval"), line
+        assert "Epoch" not in out and not (tmp_path / "logs").exists()
+
+
+#: (command, bad arguments, the advice its error line must hold, the arguments that follow it)
+ADVICE = [
+    ("robustlip-train", ["trainer.max_epoch=3"], "did you mean trainer.max_epochs=3?", ["trainer.max_epochs=3"]),
+    ("robustlip-train", ["objective.eps=0.05"], "e.g. objective=at objective.eps=0.05",
+     ["objective=at", "objective.eps=0.05"]),
+    ("robustlip-train", ["attacks=[pgd,foo]"], "choose from autoattack, fgsm, multi_targeted, pgd, pgd_l2",
+     ["attacks=[pgd,fgsm]"]),
+    ("robustlip-train", ["data.eps=2"], "data.eps=2 is not allowed (attack.eps is ${data.eps})", None),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "advice", "followed"), ADVICE, ids=[a[1][0] for a in ADVICE])
+def test_every_suggestion_of_a_config_error_works_when_followed(command, args, advice, followed, tmp_path, capsys,
+                                                                monkeypatch):
+    code, _, err = run_cli(command, args, tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert advice in line, line
+    assert "+" not in line.split(";")[-1] or "+patch" in line, f"no '+key' advice that adds a key nothing reads: {line}"
+    if followed:
+        code, _, err = run_cli(command, [*followed, "--cfg", "job"], tmp_path, capsys, monkeypatch)
+        assert code == 0, err
+
+
+def test_eval_advice_on_the_attacks_eps_works_when_followed(checkpoint, tmp_path, capsys, monkeypatch):
+    base = [f"ckpt_path={checkpoint}", "n_examples=16", "sanity=null", "evaluate_train=false", "lipschitz=off",
+            "progress=false"]
+    code, _, err = run_cli("robustlip-eval", [*base, "attack.eps=0.2"], tmp_path, capsys, monkeypatch)
+    (line,) = error_lines(err)
+    assert code == 2 and "attack=pgd attack.eps=0.2" in line and "+patch.attack.eps=0.2" in line, line
+    code, _, err = run_cli("robustlip-eval", [*base, "attack=pgd", "attack.eps=0.2"], tmp_path, capsys, monkeypatch)
+    (line,) = error_lines(err)
+    assert code == 2 and "set +patch.data.eps=0.2 to move them all" in line, line
+    code, out, err = run_cli("robustlip-eval", [*base, "attack=pgd", "attack.eps=0.2", "+patch.data.eps=0.2"], tmp_path,
+                             capsys, monkeypatch)
+    assert code == 0, err[-2000:]
+    assert "attack PGD-10 ℓ∞ ε=0.2" in out, out

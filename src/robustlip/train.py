@@ -172,6 +172,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
         check_compatible,
+        check_same_data,
+        checkpoint_config,
         load_checkpoint,
         resolve_ckpt_path,
     )
@@ -179,12 +181,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_loggers(cfg)
     output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
+    ckpt = None
+    if ckpt_path is not None:  # another dataset's checkpoint is refused before the data is even loaded
+        ckpt = load_checkpoint(ckpt_path)
+        check_same_data(checkpoint_config(ckpt).get("data"), OmegaConf.to_container(cfg.data, resolve=True),
+                        opt_in=None, verb=f"{ckpt_path} resumes a training run: resume it on")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = prepare_data(cfg)
     module = build_module(cfg)
     check_optimizer(module)
     if ckpt_path is not None:
-        check_compatible(load_checkpoint(ckpt_path), cfg, module, path=ckpt_path)
+        check_compatible(ckpt, cfg, module, path=ckpt_path)
         log.info("resuming from %s", ckpt_path)
     # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
     from robustlip.runs.self_training import prepare_self_training

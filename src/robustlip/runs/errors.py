@@ -57,18 +57,20 @@ def check_probability(key: str, value: float) -> float:
     return float(value)
 
 
-def check_attack_eps(attack_eps: float, data_eps: float, allow_mismatch: bool, key: str = "attack.eps") -> bool:
+def check_attack_eps(attack_eps: float, data_eps: float, allow_mismatch: bool, key: str = "attack.eps",
+                     data_key: str = "data.eps") -> bool:
     """Refuse an evaluation attack whose ε differs from ``data.eps`` unless the user said so; True when it differs.
 
     ``data.eps`` is the ε of the training objective, the Lipschitz estimate and the paper's tables; an
     attack at another radius makes ``results.json`` mix two radii. ``allow_mismatch`` (the
-    ``allow_eps_mismatch`` key) lets it through, and the results table then names the radius.
+    ``allow_eps_mismatch`` key) lets it through, and the results table then names the radius. ``data_key`` is how
+    this command moves ``data.eps`` (robustlip-eval without ``data=``: ``+patch.data.eps``).
     """
     differs = abs(float(attack_eps) - float(data_eps)) > 1e-12
     if differs and not allow_mismatch:
         raise ConfigError(
             f"{key}={attack_eps:g} differs from data.eps={data_eps:g}, the ε of the training objective, the Lipschitz "
-            f"estimate and the paper's tables; set data.eps={attack_eps:g} to move them all, or add "
+            f"estimate and the paper's tables; set {data_key}={attack_eps:g} to move them all, or add "
             "allow_eps_mismatch=true to evaluate at another ε on purpose"
         )
     return differs
