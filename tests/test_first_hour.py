@@ -88,7 +88,11 @@ def test_a_failed_check_in_an_existing_folder_removes_nothing(tmp_path, capsys, 
     ("robustlip-train", ["attack.eps=0.2"], ["attack.eps=0.2", "data.eps=0.1", "allow_eps_mismatch=true"]),
     ("robustlip-train", ["data.test_size=1000"], ["data.test_size=1000", "test set", "450 examples"]),
     ("robustlip-train", ["data.train_eval_size=5000"], ["data.train_eval_size=5000", "1212 examples"]),
-], ids=["linf-eps-above-1", "objective-eps-above-1", "eps-mismatch", "test-size", "train-eval-size"])
+    ("robustlip-train", ["data.eps=2"], ["data.eps=2 is not allowed (attack.eps is ${data.eps})", "[0, 1]"]),
+    ("robustlip-train", ["seed=1.5"], ["seed=1.5", "integer"]),
+    ("robustlip-eval", ["ckpt_path=x.ckpt", "seed=1.5"], ["seed=1.5", "integer"]),
+], ids=["linf-eps-above-1", "objective-eps-above-1", "eps-mismatch", "test-size", "train-eval-size", "data-eps",
+        "seed", "eval-seed"])
 def test_nonsense_values_are_refused_in_one_line_before_training(command, args, words, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(command, args, tmp_path, capsys, monkeypatch)
     assert code == 2, err[-2000:]
@@ -500,3 +504,17 @@ def test_eval_advice_on_the_attacks_eps_works_when_followed(checkpoint, tmp_path
                              capsys, monkeypatch)
     assert code == 0, err[-2000:]
     assert "attack PGD-10 ℓ∞ ε=0.2" in out, out
+
+
+def test_gpu_settings_without_a_gpu_say_so(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from robustlip.train import warn_without_gpu
+    from tests.conftest import compose_train_cfg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warn_without_gpu(compose_train_cfg(tmp_path, ["perf=gpu", "trainer.precision=bf16-mixed"]))
+    out = capsys.readouterr().out
+    assert "warning: perf=gpu trainer.precision=bf16-mixed but there is no GPU here" in out, out
+    warn_without_gpu(compose_train_cfg(tmp_path, []))
+    assert "no GPU" not in capsys.readouterr().out

@@ -35,6 +35,7 @@ from robustlip.runs.errors import (
     RunInterrupted,
     check_attack_eps,
     check_choice,
+    check_integer,
     check_non_negative,
 )
 
@@ -228,6 +229,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from robustlip.runs.signals import stop_requests
     from robustlip.train import prepare_data
 
+    if cfg.get("seed") is not None:
+        check_integer("seed", cfg.seed)
     kind = str(cfg.source.get("_target_", "")).rsplit(".", 1)[-1]
     if kind != "RobustlipCheckpoint" and cfg.get("data") is None:
         choice = _choice("source") or kind

@@ -161,8 +161,64 @@ def resume_command(output_dir: os.PathLike | str) -> str:
     return shlex.join([COMMAND, *same_run_overrides(overrides), f"hydra.run.dir={output_dir}", "ckpt_path=last"])
 
 
+#: Spellings of the ℓ∞ norm in a config (robustlip.attacks.threat.NORM_SPELLINGS, without importing torch).
+LINF = ("inf", "linf", "Linf")
+
+
+def precheck(cfg: DictConfig) -> None:
+    """The value checks that need no torch, run before torch is imported (a second instead of several).
+
+    The same checks run again where the values are used (the threat model, the optimizer); these only
+    make the common mistakes answer fast: a non-integer seed, an ℓ∞ radius outside the pixel range (named
+    by the key that was set: ``data.eps`` when ``attack.eps`` follows it), a negative learning rate.
+    """
+    from robustlip.runs.config import name_the_source
+    from robustlip.runs.errors import check_integer, check_linf_eps, check_non_negative
+
+    check_integer("seed", cfg.get("seed"))
+    for group in ("attack", "objective"):
+        node = cfg.get(group)
+        if node is None or str(node.get("norm", "inf")) not in LINF or node.get("eps") is None:
+            continue
+        try:
+            check_linf_eps(f"{group}.eps", node.eps)
+        except ConfigError as exc:
+            raise ConfigError(name_the_source(cfg, str(exc))) from None
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    if lr is not None:
+        check_non_negative("optimizer.lr", lr)
+
+
+def warn_without_gpu(cfg: DictConfig) -> None:
+    """Say so when GPU settings (``perf=gpu``, a mixed precision, ``trainer.accelerator=gpu``) meet a machine
+    without a GPU: the run goes on, on the CPU, where they bring nothing."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    asked = [f"{key}={value}" for key, value in (("perf", _perf_choice()), ("trainer.precision", cfg.trainer.get("precision")),
+                                                 ("trainer.accelerator", cfg.trainer.get("accelerator")))
+             if value is not None and ((key == "perf" and value == "gpu") or (key == "trainer.precision" and "mixed" in str(value))
+                                       or (key == "trainer.accelerator" and str(value) in ("gpu", "cuda")))]
+    if asked:
+        msg = (f"{' '.join(asked)} but there is no GPU here (torch.cuda.is_available() is False): the run goes on on "
+               "the CPU, where these settings bring no speed (bf16 on a CPU is usually slower); leave them out on a CPU")
+        log.warning(msg)
+        print(f"warning: {msg}", flush=True)
+
+
+def _perf_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.choices.get("perf")
+    except ValueError:
+        return None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return the final metrics (also in ``results.json``)."""
+    precheck(cfg)
     import pytorch_lightning as pl
 
     from robustlip.callbacks.resume import SignalStop
@@ -179,6 +235,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     check_loggers(cfg)
+    warn_without_gpu(cfg)
     output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     ckpt = None

@@ -51,6 +51,24 @@ def check_positive_int(key: str, value: int) -> int:
     return value
 
 
+def check_integer(key: str, value: Any) -> int:
+    """An integer (``seed=1.5`` is refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer")
+    return value
+
+
+def check_linf_eps(key: str, eps: Any) -> float:
+    """An ℓ∞ radius in pixel units: a number in [0, 1] (inputs are images in [0, 1]; models normalise inside)."""
+    eps = check_non_negative(key, eps)
+    if eps > 1.0:
+        raise ConfigError(
+            f"{key}={eps:g} is not allowed; an ℓ∞ radius is in pixel units and must be in [0, 1] "
+            "(inputs are in [0, 1]; the paper's radii are 0.1 to 0.3 for MNIST, 0.031 for CIFAR-10)"
+        )
+    return eps
+
+
 def check_probability(key: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}={value!r} is not allowed; it must be a number in [0, 1)")
