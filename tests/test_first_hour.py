@@ -475,6 +475,8 @@ ADVICE = [
     ("robustlip-train", ["attacks=[pgd,foo]"], "choose from autoattack, fgsm, multi_targeted, pgd, pgd_l2",
      ["attacks=[pgd,fgsm]"]),
     ("robustlip-train", ["data.eps=2"], "data.eps=2 is not allowed (attack.eps is ${data.eps})", None),
+    ("robustlip-train", ["attack_gap_warning=0"], "did you mean callbacks.robust_evaluation.attack_gap_warning=0?",
+     ["callbacks.robust_evaluation.attack_gap_warning=0"]),
 ]
 
 
@@ -518,3 +520,27 @@ def test_gpu_settings_without_a_gpu_say_so(tmp_path, capsys, monkeypatch):
     assert "warning: perf=gpu trainer.precision=bf16-mixed but there is no GPU here" in out, out
     warn_without_gpu(compose_train_cfg(tmp_path, []))
     assert "no GPU" not in capsys.readouterr().out
+
+
+def test_known_harmless_noise_is_silenced_and_own_warnings_are_one_line(capsys):
+    import logging
+    import warnings
+
+    from robustlip.evaluation import GradientMaskingWarning
+    from robustlip.runs.quiet import silence_known_noise
+
+    silence_known_noise(resuming=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", category=UserWarning, message="(?!`isinstance|Checkpoint|Experiment|You're)")
+        silence_known_noise(resuming=True)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", stacklevel=1)
+        warnings.warn("Checkpoint directory /x/checkpoints exists and is not empty.", stacklevel=1)
+        warnings.warn("Experiment logs directory /x/csv exists and is not empty. Previous log files ...", stacklevel=1)
+        warnings.warn("You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not "
+                      "resumable. This can cause unreliable results", stacklevel=1)
+    assert not caught, [str(w.message) for w in caught]
+    record = logging.LogRecord("pytorch_lightning.utilities.rank_zero", logging.INFO, "", 0,
+                               "💡 Tip: For seamless cloud logging ... litlogger", None, None)
+    assert not logging.getLogger("pytorch_lightning.utilities.rank_zero").filter(record)
+    assert warnings.formatwarning("pgd is 4 points above", GradientMaskingWarning, "x.py", 1) == \
+        "warning: pgd is 4 points above\n"

@@ -212,14 +212,43 @@ def missing_message(key: str) -> str:
 
 def check_mandatory(cfg: DictConfig) -> None:
     """Refuse a config with a mandatory value (``???``) unset, naming the key and an example, before any work."""
-    from omegaconf.errors import MissingMandatoryValue
-
-    try:
-        missing = sorted(OmegaConf.missing_keys(cfg))
-    except MissingMandatoryValue as exc:  # an interpolation to a missing value
-        missing = [str(exc.full_key)]
+    missing = _missing_keys(cfg)
     if missing:
         raise MissingValue(missing_message(missing[0]))
+
+
+def _keys_named(node: Any, name: str, prefix: str = "") -> list[str]:
+    """The dotted keys below ``node`` whose last part is ``name`` (nothing resolved), shortest first."""
+    found = []
+    if not OmegaConf.is_dict(node):
+        return found
+    for key in node:
+        child = node._get_node(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if str(key) == name and prefix:
+            found.append(dotted)
+        if OmegaConf.is_dict(child) and not child._is_none() and not child._is_interpolation():
+            found.extend(_keys_named(child, name, dotted))
+    return sorted(found, key=len)
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose value is ``???``, found without resolving any interpolation (robustlip-eval's
+    ``${data.eps}`` may point at a node the checkpoint fills in later)."""
+    found = []
+    if OmegaConf.is_dict(node):
+        items = [(str(k), node._get_node(k)) for k in node]
+    elif OmegaConf.is_list(node):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return found
+    for key, child in items:
+        dotted = f"{prefix}.{key}" if prefix else key
+        if OmegaConf.is_config(child) and not child._is_none() and not child._is_interpolation():
+            found.extend(_missing_keys(child, dotted))
+        elif child is not None and child._is_missing() and not child._is_interpolation():
+            found.append(dotted)
+    return found
 
 
 def entry_point(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
@@ -386,6 +415,9 @@ def _composition_advice(exc: BaseException) -> str | None:
     if close:
         fixed = f"{where}.{close[0]}" if where else close[0]
         return f"{given}: no such key; did you mean {fixed}={value}?"
+    elsewhere = _keys_named(parent._get_root(), name) if parent is not None and hasattr(parent, "_get_root") else []
+    if elsewhere:  # the key lives deeper: attack_gap_warning -> callbacks.robust_evaluation.attack_gap_warning
+        return f"{given}: no such key; did you mean {elsewhere[0]}={value}?"
     if rest and (has := [o for o in _options_with(group, rest)]):
         return f"{given}: this {group} has no key {rest!r}; the {group} options that have it: {', '.join(has)} " \
                f"(e.g. {group}={has[0]} {given})"

@@ -21,6 +21,7 @@ from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrid
 from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
 from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb, keep_csv_history
+from robustlip.runs.quiet import silence_known_noise
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -243,13 +244,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ckpt = load_checkpoint(ckpt_path)
         check_same_data(checkpoint_config(ckpt).get("data"), OmegaConf.to_container(cfg.data, resolve=True),
                         opt_in=None, verb=f"{ckpt_path} resumes a training run: resume it on")
+    silence_known_noise(resuming=ckpt_path is not None)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = prepare_data(cfg)
     module = build_module(cfg)
     check_optimizer(module)
     if ckpt_path is not None:
         check_compatible(ckpt, cfg, module, path=ckpt_path)
-        log.info("resuming from %s", ckpt_path)
     # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
     from robustlip.runs.self_training import prepare_self_training
 
@@ -260,7 +261,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks=[*callbacks, stop], logger=loggers, plugins=[AtomicCheckpointIO()])
     # Only now, with every check passed, does this run write into the run directory.
     save_resolved_config(cfg, output_dir)
-    keep_csv_history(loggers)
+    kept = keep_csv_history(loggers)
+    if ckpt is not None:  # one true line in place of Lightning's three resume alarms (robustlip.runs.quiet)
+        earlier = f"; the metrics logged before are kept in {', '.join(str(k) for k in kept)}" if kept else ""
+        msg = (f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')}, global step {ckpt.get('global_step', '?')}): "
+               "weights, optimizer, schedule, data order and random states are restored, so the run continues exactly "
+               f"as if it had not stopped{earlier}")
+        log.info(msg)
     evaluation = next((c for c in callbacks if isinstance(c, RobustEvaluation)), None)
     health = next((c for c in callbacks if isinstance(c, TrainingHealth)), None)
     try:
