@@ -415,7 +415,8 @@ def _composition_advice(exc: BaseException) -> str | None:
     if close:
         fixed = f"{where}.{close[0]}" if where else close[0]
         return f"{given}: no such key; did you mean {fixed}={value}?"
-    elsewhere = _keys_named(parent._get_root(), name) if parent is not None and hasattr(parent, "_get_root") else []
+    elsewhere = _keys_named(parent._get_root(), name) if not where and parent is not None \
+        and hasattr(parent, "_get_root") else []
     if elsewhere:  # the key lives deeper: attack_gap_warning -> callbacks.robust_evaluation.attack_gap_warning
         return f"{given}: no such key; did you mean {elsewhere[0]}={value}?"
     if rest and (has := [o for o in _options_with(group, rest)]):
