@@ -544,3 +544,34 @@ def test_known_harmless_noise_is_silenced_and_own_warnings_are_one_line(capsys):
     assert not logging.getLogger("pytorch_lightning.utilities.rank_zero").filter(record)
     assert warnings.formatwarning("pgd is 4 points above", GradientMaskingWarning, "x.py", 1) == \
         "warning: pgd is 4 points above\n"
+
+
+def test_help_answers_without_torch_and_without_hydra_boilerplate_or_rest_markup(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, robustlip.visualize, robustlip.tsipras, robustlip.train, robustlip.evaluate; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"imported at --help time: {out}"
+    code, out, _ = run_cli("robustlip-visualize", ["--help"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and out.startswith("robustlip-visualize: set any key") and "powered by Hydra" not in out, out[:300]
+    from robustlip.tsipras import main as tsipras
+
+    assert tsipras(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":mod:" not in out and "report.md, table.csv" in out, out
+
+
+def test_one_unit_per_quantity_shares_in_percent(capsys):
+    from robustlip.reporting.staircase_figures import ESTIMATORS, print_staircase_table
+    from robustlip.theory.staircase import Staircase, sweep
+    from robustlip.visualize import default_large_eps
+
+    assert default_large_eps(784) == 4.0 and default_large_eps(64) == 1.14  # ℓ2 budget sized to the image
+    row = {"n": 22, "aug_worse_than_std": 65.0, **{f"{kind}_error/{e}_mean": 0.5 for kind in ("std", "robust")
+                                                     for e in ESTIMATORS}}
+    print_staircase_table([row])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("65 %")
+    share = sweep(Staircase(), [22], 4, None, 0)[0]["aug_worse_than_std"]
+    assert share in (0.0, 25.0, 50.0, 75.0, 100.0), share

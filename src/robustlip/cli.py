@@ -47,6 +47,15 @@ def print_error(message: str) -> None:
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
+def plain_help(doc: str | None) -> str:
+    """A module docstring as terminal help: reST markup (``code``, :mod:`x`) removed."""
+    import re
+
+    text = (doc or "").strip()
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of a known failure (its class's ``exit_code``), None for an unknown one."""
     code = getattr(exc, "exit_code", None)
@@ -321,6 +330,8 @@ def _report(exc: BaseException) -> int:
         if isinstance(exc.__cause__, OmegaConfBaseException):
             print(str(exc.__cause__), file=sys.stderr)
         return EXIT_BAD_INPUT
+    if isinstance(exc, BrokenPipeError):  # `robustlip-train --help | head`: the reader has gone, nothing is wrong
+        return 0
     if isinstance(exc, OSError):  # Hydra could not create or write the run directory
         where = f" {exc.filename!r}" if exc.filename else ""
         print_error(f"hydra.run.dir: cannot write the run directory{where} ({exc.strerror or exc}); choose a writable "
