@@ -575,3 +575,12 @@ def test_one_unit_per_quantity_shares_in_percent(capsys):
     assert capsys.readouterr().out.splitlines()[-1].endswith("65 %")
     share = sweep(Staircase(), [22], 4, None, 0)[0]["aug_worse_than_std"]
     assert share in (0.0, 25.0, 50.0, 75.0, 100.0), share
+
+
+def test_a_sweep_without_its_dataset_fails_once_before_any_job(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBUSTLIP_DATA_DIR", str(tmp_path / "no_data"))
+    code, out, err = run_cli("robustlip-train", ["-m", "data=mnist", "seed=0,1"], tmp_path, capsys, monkeypatch)
+    assert code == 2, err[-2000:]
+    (line,) = error_lines(err)
+    assert "data=mnist: no train-images-idx3-ubyte" in line and "no job was started" in line, line
+    assert "Launching" not in out + err and not (tmp_path / "logs").exists()
