@@ -584,3 +584,11 @@ def test_a_sweep_without_its_dataset_fails_once_before_any_job(tmp_path, capsys,
     (line,) = error_lines(err)
     assert "data=mnist: no train-images-idx3-ubyte" in line and "no job was started" in line, line
     assert "Launching" not in out + err and not (tmp_path / "logs").exists()
+
+
+def test_a_faithful_lipschitz_search_is_named_in_the_title():
+    from robustlip.metrics.lipschitz import LocalLipschitz
+    from robustlip.reporting.tables import lipschitz_note
+
+    assert "descent" in lipschitz_note(LocalLipschitz(eps=0.1, fidelity="faithful"))
+    assert lipschitz_note(LocalLipschitz(eps=0.1, fidelity="paper")) is None

@@ -316,7 +316,7 @@ def write_robustbench_card(result: EvalResult, output_dir: Path, setup: DictConf
 def report(result: EvalResult, loaded: LoadedModel, setup: DictConfig, evaluator: Evaluator, transfer: str | None,
            output_dir: Path) -> None:
     """The console table (titled with the model, the data and the attack), the sanity verdict, the files written."""
-    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
+    from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
     from robustlip.runs.files import print_written
 
     attacks = evaluator.attacks if evaluator.ensemble else next(iter(evaluator.attacks.values()), None)
@@ -324,7 +324,7 @@ def report(result: EvalResult, loaded: LoadedModel, setup: DictConfig, evaluator
     where = f"checkpoint: {loaded.description['path']}" if loaded.description["source"] == "checkpoint" else \
         f"model: {loaded.description['source']} {loaded.description.get('path') or loaded.description.get('weights') or ''}"
     title = [f"{loaded.label} · {setup.data.get('name', 'data')}{f' ({transfer})' if transfer else ''} · attack {attack}",
-             where.rstrip()]
+             where.rstrip(), *filter(None, [lipschitz_note(evaluator.lipschitz)])]
     print_results_table(result.metrics, title=title, uncertainty=result.uncertainty, warnings=result.warnings)
     sanity = result.sections.get("sanity")
     if sanity and sanity.get("checks"):

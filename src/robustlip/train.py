@@ -225,7 +225,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.callbacks.resume import SignalStop
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
-    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
+    from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
         check_compatible,
@@ -286,6 +286,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             print_results_table(metrics, title=[
                 f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
+                *filter(None, [lipschitz_note(getattr(evaluation, "lipschitz", None))]),
             ], warnings=warnings,
                 uncertainty=evaluation.uncertainty if evaluation is not None else None)
         return metrics
