@@ -16,7 +16,11 @@ import logging
 import warnings
 
 #: Warnings (regular expressions matched from the start of the message) that are always harmless.
-ALWAYS = (r"`isinstance\(treespec, LeafSpec\)` is deprecated",)
+ALWAYS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # A small data set has fewer batches per epoch than log_every_n_steps: the epoch's metrics are logged anyway.
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+)
 #: Warnings that are harmless when this run resumes from its own checkpoint.
 ON_RESUME = (
     r"Checkpoint directory .* exists and is not empty",
