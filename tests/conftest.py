@@ -117,7 +117,8 @@ def trained_digits_model() -> tuple[nn.Module, Tensor, Tensor]:
 
 
 ENTRIES = {"robustlip-train": "robustlip.train", "robustlip-eval": "robustlip.evaluate",
-           "robustlip-separation": "robustlip.separation"}
+           "robustlip-separation": "robustlip.separation", "robustlip-visualize": "robustlip.visualize",
+           "robustlip-staircase": "robustlip.staircase"}
 
 
 def run_cli(command: str, args: list[str], tmp_path: Path, capsys, monkeypatch) -> tuple[int, str, str]:

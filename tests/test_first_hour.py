@@ -88,7 +88,11 @@ def test_a_failed_check_in_an_existing_folder_removes_nothing(tmp_path, capsys, 
     ("robustlip-train", ["attack.eps=0.2"], ["attack.eps=0.2", "data.eps=0.1", "allow_eps_mismatch=true"]),
     ("robustlip-train", ["data.test_size=1000"], ["data.test_size=1000", "test set", "450 examples"]),
     ("robustlip-train", ["data.train_eval_size=5000"], ["data.train_eval_size=5000", "1212 examples"]),
-], ids=["linf-eps-above-1", "objective-eps-above-1", "eps-mismatch", "test-size", "train-eval-size"])
+    ("robustlip-train", ["data.eps=2"], ["data.eps=2 is not allowed (attack.eps is ${data.eps})", "[0, 1]"]),
+    ("robustlip-train", ["seed=1.5"], ["seed=1.5", "integer"]),
+    ("robustlip-eval", ["ckpt_path=x.ckpt", "seed=1.5"], ["seed=1.5", "integer"]),
+], ids=["linf-eps-above-1", "objective-eps-above-1", "eps-mismatch", "test-size", "train-eval-size", "data-eps",
+        "seed", "eval-seed"])
 def test_nonsense_values_are_refused_in_one_line_before_training(command, args, words, tmp_path, capsys, monkeypatch):
     code, out, err = run_cli(command, args, tmp_path, capsys, monkeypatch)
     assert code == 2, err[-2000:]
@@ -439,3 +443,152 @@ def test_every_config_folder_is_a_declared_package():
     folders = {"robustlip." + ".".join(d.relative_to(root).parts) for d in (root / "conf").rglob("*")
                if d.is_dir() and not d.name.startswith(("_", ".")) and any(d.glob("*.yaml"))}
     assert folders - declared == set(), f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - declared)}"
+
+
+# -- issue 24: a missing value, another dataset's checkpoint, and advice that works when followed ------------------
+def test_a_missing_mandatory_value_is_one_line_with_an_example_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli("robustlip-visualize", [], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert "ckpt_path is required" in line and "robustlip-visualize ckpt_path=logs/train/runs/" in line, line
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_checkpoint_of_another_dataset_is_refused_by_train_and_eval_before_any_work(checkpoint, tmp_path, capsys,
+                                                                                      monkeypatch):
+    for command, extra in (("robustlip-train", []), ("robustlip-eval", [])):
+        code, out, err = run_cli(command, [f"ckpt_path={checkpoint}", "data=fashion_mnist", *extra], tmp_path, capsys,
+                                 monkeypatch)
+        assert code == 2 and "Traceback" not in err, err
+        (line,) = error_lines(err)
+        assert "data.name='fashion_mnist' is not the data this model was made for (data.name='digits')" in line, line
+        assert "data=digits" in line, line
+        assert ("allow_data_mismatch=true" in line) == (command == "robustlip-eval"), line
+        assert "Epoch" not in out and not (tmp_path / "logs").exists()
+
+
+#: (command, bad arguments, the advice its error line must hold, the arguments that follow it)
+ADVICE = [
+    ("robustlip-train", ["trainer.max_epoch=3"], "did you mean trainer.max_epochs=3?", ["trainer.max_epochs=3"]),
+    ("robustlip-train", ["objective.eps=0.05"], "e.g. objective=at objective.eps=0.05",
+     ["objective=at", "objective.eps=0.05"]),
+    ("robustlip-train", ["attacks=[pgd,foo]"], "choose from autoattack, fgsm, multi_targeted, pgd, pgd_l2",
+     ["attacks=[pgd,fgsm]"]),
+    ("robustlip-train", ["data.eps=2"], "data.eps=2 is not allowed (attack.eps is ${data.eps})", None),
+    ("robustlip-train", ["attack_gap_warning=0"], "did you mean callbacks.robust_evaluation.attack_gap_warning=0?",
+     ["callbacks.robust_evaluation.attack_gap_warning=0"]),
+]
+
+
+@pytest.mark.parametrize(("command", "args", "advice", "followed"), ADVICE, ids=[a[1][0] for a in ADVICE])
+def test_every_suggestion_of_a_config_error_works_when_followed(command, args, advice, followed, tmp_path, capsys,
+                                                                monkeypatch):
+    code, _, err = run_cli(command, args, tmp_path, capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = error_lines(err)
+    assert advice in line, line
+    assert "+" not in line.split(";")[-1] or "+patch" in line, f"no '+key' advice that adds a key nothing reads: {line}"
+    if followed:
+        code, _, err = run_cli(command, [*followed, "--cfg", "job"], tmp_path, capsys, monkeypatch)
+        assert code == 0, err
+
+
+def test_eval_advice_on_the_attacks_eps_works_when_followed(checkpoint, tmp_path, capsys, monkeypatch):
+    base = [f"ckpt_path={checkpoint}", "n_examples=16", "sanity=null", "evaluate_train=false", "lipschitz=off",
+            "progress=false"]
+    code, _, err = run_cli("robustlip-eval", [*base, "attack.eps=0.2"], tmp_path, capsys, monkeypatch)
+    (line,) = error_lines(err)
+    assert code == 2 and "attack=pgd attack.eps=0.2" in line and "+patch.attack.eps=0.2" in line, line
+    code, _, err = run_cli("robustlip-eval", [*base, "attack=pgd", "attack.eps=0.2"], tmp_path, capsys, monkeypatch)
+    (line,) = error_lines(err)
+    assert code == 2 and "set +patch.data.eps=0.2 to move them all" in line, line
+    code, out, err = run_cli("robustlip-eval", [*base, "attack=pgd", "attack.eps=0.2", "+patch.data.eps=0.2"], tmp_path,
+                             capsys, monkeypatch)
+    assert code == 0, err[-2000:]
+    assert "attack PGD-10 ℓ∞ ε=0.2" in out, out
+
+
+def test_gpu_settings_without_a_gpu_say_so(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from robustlip.train import warn_without_gpu
+    from tests.conftest import compose_train_cfg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    warn_without_gpu(compose_train_cfg(tmp_path, ["perf=gpu", "trainer.precision=bf16-mixed"]))
+    out = capsys.readouterr().out
+    assert "warning: perf=gpu trainer.precision=bf16-mixed but there is no GPU here" in out, out
+    warn_without_gpu(compose_train_cfg(tmp_path, []))
+    assert "no GPU" not in capsys.readouterr().out
+
+
+def test_known_harmless_noise_is_silenced_and_own_warnings_are_one_line(capsys):
+    import logging
+    import warnings
+
+    from robustlip.evaluation import GradientMaskingWarning
+    from robustlip.runs.quiet import silence_known_noise
+
+    silence_known_noise(resuming=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", category=UserWarning, message="(?!`isinstance|Checkpoint|Experiment|You're)")
+        silence_known_noise(resuming=True)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", stacklevel=1)
+        warnings.warn("Checkpoint directory /x/checkpoints exists and is not empty.", stacklevel=1)
+        warnings.warn("Experiment logs directory /x/csv exists and is not empty. Previous log files ...", stacklevel=1)
+        warnings.warn("You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not "
+                      "resumable. This can cause unreliable results", stacklevel=1)
+    assert not caught, [str(w.message) for w in caught]
+    record = logging.LogRecord("pytorch_lightning.utilities.rank_zero", logging.INFO, "", 0,
+                               "💡 Tip: For seamless cloud logging ... litlogger", None, None)
+    assert not logging.getLogger("pytorch_lightning.utilities.rank_zero").filter(record)
+    assert warnings.formatwarning("pgd is 4 points above", GradientMaskingWarning, "x.py", 1) == \
+        "warning: pgd is 4 points above\n"
+
+
+def test_help_answers_without_torch_and_without_hydra_boilerplate_or_rest_markup(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys, robustlip.visualize, robustlip.tsipras, robustlip.train, robustlip.evaluate; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"imported at --help time: {out}"
+    code, out, _ = run_cli("robustlip-visualize", ["--help"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and out.startswith("robustlip-visualize: set any key") and "powered by Hydra" not in out, out[:300]
+    from robustlip.tsipras import main as tsipras
+
+    assert tsipras(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":mod:" not in out and "report.md, table.csv" in out, out
+
+
+def test_one_unit_per_quantity_shares_in_percent(capsys):
+    from robustlip.reporting.staircase_figures import ESTIMATORS, print_staircase_table
+    from robustlip.theory.staircase import Staircase, sweep
+    from robustlip.visualize import default_large_eps
+
+    assert default_large_eps(784) == 4.0 and default_large_eps(64) == 1.14  # ℓ2 budget sized to the image
+    row = {"n": 22, "aug_worse_than_std": 65.0, **{f"{kind}_error/{e}_mean": 0.5 for kind in ("std", "robust")
+                                                     for e in ESTIMATORS}}
+    print_staircase_table([row])
+    assert capsys.readouterr().out.splitlines()[-1].endswith("65 %")
+    share = sweep(Staircase(), [22], 4, None, 0)[0]["aug_worse_than_std"]
+    assert share in (0.0, 25.0, 50.0, 75.0, 100.0), share
+
+
+def test_a_sweep_without_its_dataset_fails_once_before_any_job(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ROBUSTLIP_DATA_DIR", str(tmp_path / "no_data"))
+    code, out, err = run_cli("robustlip-train", ["-m", "data=mnist", "seed=0,1"], tmp_path, capsys, monkeypatch)
+    assert code == 2, err[-2000:]
+    (line,) = error_lines(err)
+    assert "data=mnist: no train-images-idx3-ubyte" in line and "no job was started" in line, line
+    assert "Launching" not in out + err and not (tmp_path / "logs").exists()
+
+
+def test_a_faithful_lipschitz_search_is_named_in_the_title():
+    from robustlip.metrics.lipschitz import LocalLipschitz
+    from robustlip.reporting.tables import lipschitz_note
+
+    assert "descent" in lipschitz_note(LocalLipschitz(eps=0.1, fidelity="faithful"))
+    assert lipschitz_note(LocalLipschitz(eps=0.1, fidelity="paper")) is None

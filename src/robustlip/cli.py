@@ -47,6 +47,15 @@ def print_error(message: str) -> None:
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
+def plain_help(doc: str | None) -> str:
+    """A module docstring as terminal help: reST markup (``code``, :mod:`x`) removed."""
+    import re
+
+    text = (doc or "").strip()
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
 def exit_code(exc: BaseException) -> int | None:
     """The exit code of a known failure (its class's ``exit_code``), None for an unknown one."""
     code = getattr(exc, "exit_code", None)
@@ -185,13 +194,84 @@ def move_run_dir(new_dir: Path) -> None:
     _created.clear()
 
 
+#: What a mandatory key (``???`` in conf/) looks like when given, for the one line that asks for it.
+EXAMPLES = {
+    "ckpt_path": "logs/train/runs/<run>/checkpoints/last.ckpt",
+    "source.weights": "net.pt",
+    "source.path": "model.pt",
+    "source.name": "Carmon2019Unlabeled",
+    "source.arch._target_": "my_package.Net",
+}
+
+
+class MissingValue(ValueError):
+    """A mandatory key (``???``) left unset: bad input, one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+def _command() -> str:
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "robustlip-<command>"
+
+
+def missing_message(key: str) -> str:
+    example = EXAMPLES.get(key, "...")
+    return f"{key} is required and has no default; give it, e.g. {_command()} {key}={example}"
+
+
+def check_mandatory(cfg: DictConfig) -> None:
+    """Refuse a config with a mandatory value (``???``) unset, naming the key and an example, before any work."""
+    missing = _missing_keys(cfg)
+    if missing:
+        raise MissingValue(missing_message(missing[0]))
+
+
+def _keys_named(node: Any, name: str, prefix: str = "") -> list[str]:
+    """The dotted keys below ``node`` whose last part is ``name`` (nothing resolved), shortest first."""
+    found = []
+    if not OmegaConf.is_dict(node):
+        return found
+    for key in node:
+        child = node._get_node(key)
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if str(key) == name and prefix:
+            found.append(dotted)
+        if OmegaConf.is_dict(child) and not child._is_none() and not child._is_interpolation():
+            found.extend(_keys_named(child, name, dotted))
+    return sorted(found, key=len)
+
+
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose value is ``???``, found without resolving any interpolation (robustlip-eval's
+    ``${data.eps}`` may point at a node the checkpoint fills in later)."""
+    found = []
+    if OmegaConf.is_dict(node):
+        items = [(str(k), node._get_node(k)) for k in node]
+    elif OmegaConf.is_list(node):
+        items = [(str(i), node._get_node(i)) for i in range(len(node))]
+    else:
+        return found
+    for key, child in items:
+        dotted = f"{prefix}.{key}" if prefix else key
+        if OmegaConf.is_config(child) and not child._is_none() and not child._is_interpolation():
+            found.extend(_missing_keys(child, dotted))
+        elif child is not None and child._is_missing() and not child._is_interpolation():
+            found.append(dotted)
+    return found
+
+
 def entry_point(config_name: str, task: Callable[[DictConfig], Any]) -> Callable[..., Any]:
     """``main()`` of a console script running ``task`` on the composed ``conf/<config_name>.yaml``."""
 
     def run(cfg: DictConfig) -> Any:
         try:
+            check_mandatory(cfg)
             return task(cfg)
         except Exception as exc:
+            from omegaconf.errors import MissingMandatoryValue
+
+            if isinstance(exc, MissingMandatoryValue):  # read inside the task (e.g. through an interpolation)
+                exc = MissingValue(missing_message(str(exc.full_key)))
             code = exit_code(exc)
             if code is None:
                 raise
@@ -236,12 +316,22 @@ def _report(exc: BaseException) -> int:
         return code
     # Before OSError: Hydra's MissingConfigException (a misspelled option) is also an IOError.
     if isinstance(exc, (CompactHydraException, ConfigCompositionException)):
+        try:
+            better = _composition_advice(exc)
+        except Exception:  # advice is a courtesy: Hydra's own message below then
+            log.debug("no advice for %r", exc, exc_info=True)
+            better = None
+        if better:
+            print_error(better)
+            return EXIT_BAD_INPUT
         # Hydra's own message (it lists the options of a misspelled group), without the search path.
         message = str(exc).split("\nConfig search path:")[0].rstrip()
         print(f"error: {message}", file=sys.stderr)
         if isinstance(exc.__cause__, OmegaConfBaseException):
             print(str(exc.__cause__), file=sys.stderr)
         return EXIT_BAD_INPUT
+    if isinstance(exc, BrokenPipeError):  # `robustlip-train --help | head`: the reader has gone, nothing is wrong
+        return 0
     if isinstance(exc, OSError):  # Hydra could not create or write the run directory
         where = f" {exc.filename!r}" if exc.filename else ""
         print_error(f"hydra.run.dir: cannot write the run directory{where} ({exc.strerror or exc}); choose a writable "
@@ -250,3 +340,98 @@ def _report(exc: BaseException) -> int:
     traceback.print_exc()
     print("\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", file=sys.stderr)
     return 1
+
+
+def _override(key: str) -> str:
+    """The command line's ``key=value`` (``+``/``~`` stripped), or ``key=...`` when it is not there."""
+    for arg in sys.argv[1:]:
+        name, sep, value = arg.partition("=")
+        if sep and name.lstrip("+~") == key:
+            return f"{key}={value}"
+    return f"{key}=..."
+
+
+def _group_options(group: str) -> list[str]:
+    """The options of a config group of the packaged tree (``conf/<group>/*.yaml``), [] when it is no group."""
+    from robustlip.runs.config import config_dir
+
+    folder = config_dir() / group
+    return sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _options_with(group: str, rest: str) -> list[str]:
+    """The options of ``group`` whose config has the dotted key ``rest``."""
+    from robustlip.runs.config import config_dir
+
+    found = []
+    for option in _group_options(group):
+        try:
+            node = OmegaConf.load(config_dir() / group / f"{option}.yaml")
+        except Exception as exc:  # noqa: BLE001 - an unreadable option is simply not offered
+            log.debug("option %s/%s not read: %s", group, option, exc)
+            continue
+        for part in rest.split("."):  # walked by hand: an interpolation (${data.eps}) must not be resolved
+            if not OmegaConf.is_dict(node) or part not in node:
+                break
+            node = node._get_node(part)
+        else:
+            found.append(option)
+    return found
+
+
+def _composition_advice(exc: BaseException) -> str | None:
+    """A one-line answer for a config Hydra cannot compose, when a better one than Hydra's exists.
+
+    Hydra advises ``+key=value`` for any unknown key, which adds a key nothing reads (or one the
+    constructor refuses). Instead: a misspelled key gets the close key (``trainer.max_epochs=3``); a key of
+    a group option that lacks it, the options that have it (``objective=at objective.eps=0.05``); a
+    key of a group chosen by nobody, how to choose one; an unknown option of a list group, the options.
+    Every suggestion works when followed (tests/test_first_hour.py follows each).
+    """
+    import difflib
+    import re
+
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and not exc.options:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        options = _group_options(group)
+        if options:
+            return f"{group}: no option {option!r}; choose from {', '.join(options)}"
+        return None
+    cause = exc.__cause__
+    if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or "not in struct" not in str(cause):
+        return None
+    match = re.search(r"Could not override '([^']+)'", str(exc))
+    key = match.group(1) if match else str(getattr(cause, "full_key", "") or "")
+    if not key:
+        return None
+    given = _override(key)
+    value = given.split("=", 1)[1]
+    parent = getattr(cause, "parent_node", None)
+    missing = str(getattr(cause, "full_key", "") or key)
+    group, _, rest = key.partition(".")
+    if missing != key and "." not in missing and rest and _group_options(group):
+        # ``attack.eps=0.2`` where no attack is chosen (robustlip-eval uses the checkpoint's)
+        has = sorted(_options_with(group, rest) or _group_options(group), key=lambda o: o != "pgd")
+        patch = f", or change the checkpoint's with +patch.{key}={value}" if group in ("data", "attack", "lipschitz") \
+            and parent is not None and "allow_data_mismatch" in parent else ""
+        return f"{given}: no {group} is chosen here, so it has no key {rest!r}; choose one first, e.g. " \
+               f"{group}={has[0]} {given}{patch}"
+    keys = [str(k) for k in parent] if parent is not None and hasattr(parent, "keys") else []
+    name = missing.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    where = missing.rsplit(".", 1)[0] if "." in missing else ""
+    if close:
+        fixed = f"{where}.{close[0]}" if where else close[0]
+        return f"{given}: no such key; did you mean {fixed}={value}?"
+    elsewhere = _keys_named(parent._get_root(), name) if not where and parent is not None \
+        and hasattr(parent, "_get_root") else []
+    if elsewhere:  # the key lives deeper: attack_gap_warning -> callbacks.robust_evaluation.attack_gap_warning
+        return f"{given}: no such key; did you mean {elsewhere[0]}={value}?"
+    if rest and (has := [o for o in _options_with(group, rest)]):
+        return f"{given}: this {group} has no key {rest!r}; the {group} options that have it: {', '.join(has)} " \
+               f"(e.g. {group}={has[0]} {given})"
+    listed = f"; the keys of {where}: {', '.join(keys)}" if where and keys else ""
+    return f"{given}: no such key{listed} (robustlip's composed config: {_command()} --cfg job)"

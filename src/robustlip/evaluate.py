@@ -35,6 +35,7 @@ from robustlip.runs.errors import (
     RunInterrupted,
     check_attack_eps,
     check_choice,
+    check_integer,
     check_non_negative,
 )
 
@@ -114,27 +115,12 @@ def evaluation_setup(cfg: DictConfig, loaded: LoadedModel) -> DictConfig:
     return setup
 
 
-#: What must agree between the data a model was made for and the data it is evaluated on.
-DATA_KEYS = ("name", "num_classes", "in_channels")
-
-
 def check_data(loaded: LoadedModel, data: DictConfig, allow: bool) -> str | None:
-    """Refuse data other than the model's own (name, classes, channels) unless ``allow_data_mismatch=true``.
+    """The data this evaluation runs on must be the model's own unless ``allow_data_mismatch=true``
+    (:func:`robustlip.runs.checkpoints.check_same_data`); returns the title's note for a transfer evaluation."""
+    from robustlip.runs.checkpoints import check_same_data
 
-    Returns the title's note for a deliberate transfer evaluation (None when the data is the model's own).
-    """
-    made_for = loaded.data or {}
-    differ = [(key, made_for[key], data.get(key)) for key in DATA_KEYS
-              if made_for.get(key) is not None and data.get(key) is not None and made_for[key] != data.get(key)]
-    if not differ:
-        return None
-    key, theirs, mine = differ[0]
-    if not allow:
-        raise ConfigError(
-            f"data.{key}={mine!r} is not the data this model was made for (data.{key}={theirs!r}); evaluate it on "
-            f"data={made_for.get('name', theirs)}, or set allow_data_mismatch=true for a deliberate transfer evaluation"
-        )
-    return f"transfer: made for {made_for.get('name', '?')}, evaluated on {data.get('name', '?')}"
+    return check_same_data(loaded.data, data, allow)
 
 
 def check_outputs(loaded: LoadedModel, datamodule: Any, data: DictConfig, device: Any) -> None:
@@ -182,7 +168,9 @@ def build_attacks(cfg: DictConfig, setup: DictConfig) -> Any:
         return instantiate_attacks(setup)
     attack = instantiate_group(setup, "attack") if setup.attack is not None else None
     if attack is not None and attack.eps is not None:
-        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
+        # Without data=..., the checkpoint's data is used: its ε moves with +patch.data.eps.
+        data_key = "data.eps" if cfg.get("data") is not None else "+patch.data.eps"
+        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)), data_key=data_key)
     return attack
 
 
@@ -241,6 +229,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from robustlip.runs.signals import stop_requests
     from robustlip.train import prepare_data
 
+    if cfg.get("seed") is not None:
+        check_integer("seed", cfg.seed)
     kind = str(cfg.source.get("_target_", "")).rsplit(".", 1)[-1]
     if kind != "RobustlipCheckpoint" and cfg.get("data") is None:
         choice = _choice("source") or kind
@@ -326,7 +316,7 @@ def write_robustbench_card(result: EvalResult, output_dir: Path, setup: DictConf
 def report(result: EvalResult, loaded: LoadedModel, setup: DictConfig, evaluator: Evaluator, transfer: str | None,
            output_dir: Path) -> None:
     """The console table (titled with the model, the data and the attack), the sanity verdict, the files written."""
-    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
+    from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
     from robustlip.runs.files import print_written
 
     attacks = evaluator.attacks if evaluator.ensemble else next(iter(evaluator.attacks.values()), None)
@@ -334,7 +324,7 @@ def report(result: EvalResult, loaded: LoadedModel, setup: DictConfig, evaluator
     where = f"checkpoint: {loaded.description['path']}" if loaded.description["source"] == "checkpoint" else \
         f"model: {loaded.description['source']} {loaded.description.get('path') or loaded.description.get('weights') or ''}"
     title = [f"{loaded.label} · {setup.data.get('name', 'data')}{f' ({transfer})' if transfer else ''} · attack {attack}",
-             where.rstrip()]
+             where.rstrip(), *filter(None, [lipschitz_note(evaluator.lipschitz)])]
     print_results_table(result.metrics, title=title, uncertainty=result.uncertainty, warnings=result.warnings)
     sanity = result.sections.get("sanity")
     if sanity and sanity.get("checks"):

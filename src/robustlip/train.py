@@ -21,6 +21,7 @@ from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrid
 from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config, to_plain_dict
 from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
 from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb, keep_csv_history
+from robustlip.runs.quiet import silence_known_noise
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -161,31 +162,95 @@ def resume_command(output_dir: os.PathLike | str) -> str:
     return shlex.join([COMMAND, *same_run_overrides(overrides), f"hydra.run.dir={output_dir}", "ckpt_path=last"])
 
 
+#: Spellings of the ℓ∞ norm in a config (robustlip.attacks.threat.NORM_SPELLINGS, without importing torch).
+LINF = ("inf", "linf", "Linf")
+
+
+def precheck(cfg: DictConfig) -> None:
+    """The value checks that need no torch, run before torch is imported (a second instead of several).
+
+    The same checks run again where the values are used (the threat model, the optimizer); these only
+    make the common mistakes answer fast: a non-integer seed, an ℓ∞ radius outside the pixel range (named
+    by the key that was set: ``data.eps`` when ``attack.eps`` follows it), a negative learning rate.
+    """
+    from robustlip.runs.config import name_the_source
+    from robustlip.runs.errors import check_integer, check_linf_eps, check_non_negative
+
+    check_integer("seed", cfg.get("seed"))
+    for group in ("attack", "objective"):
+        node = cfg.get(group)
+        if node is None or str(node.get("norm", "inf")) not in LINF or node.get("eps") is None:
+            continue
+        try:
+            check_linf_eps(f"{group}.eps", node.eps)
+        except ConfigError as exc:
+            raise ConfigError(name_the_source(cfg, str(exc))) from None
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    if lr is not None:
+        check_non_negative("optimizer.lr", lr)
+
+
+def warn_without_gpu(cfg: DictConfig) -> None:
+    """Say so when GPU settings (``perf=gpu``, a mixed precision, ``trainer.accelerator=gpu``) meet a machine
+    without a GPU: the run goes on, on the CPU, where they bring nothing."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    asked = [f"{key}={value}" for key, value in (("perf", _perf_choice()), ("trainer.precision", cfg.trainer.get("precision")),
+                                                 ("trainer.accelerator", cfg.trainer.get("accelerator")))
+             if value is not None and ((key == "perf" and value == "gpu") or (key == "trainer.precision" and "mixed" in str(value))
+                                       or (key == "trainer.accelerator" and str(value) in ("gpu", "cuda")))]
+    if asked:
+        msg = (f"{' '.join(asked)} but there is no GPU here (torch.cuda.is_available() is False): the run goes on on "
+               "the CPU, where these settings bring no speed (bf16 on a CPU is usually slower); leave them out on a CPU")
+        log.warning(msg)
+        print(f"warning: {msg}", flush=True)
+
+
+def _perf_choice() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.choices.get("perf")
+    except ValueError:
+        return None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train one model as ``cfg`` says and return the final metrics (also in ``results.json``)."""
+    precheck(cfg)
     import pytorch_lightning as pl
 
     from robustlip.callbacks.resume import SignalStop
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
-    from robustlip.reporting.tables import evaluation_attack_label, print_results_table
+    from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
         check_compatible,
+        check_same_data,
+        checkpoint_config,
         load_checkpoint,
         resolve_ckpt_path,
     )
 
     check_loggers(cfg)
+    warn_without_gpu(cfg)
     output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
+    ckpt = None
+    if ckpt_path is not None:  # another dataset's checkpoint is refused before the data is even loaded
+        ckpt = load_checkpoint(ckpt_path)
+        check_same_data(checkpoint_config(ckpt).get("data"), OmegaConf.to_container(cfg.data, resolve=True),
+                        opt_in=None, verb=f"{ckpt_path} resumes a training run: resume it on")
+    silence_known_noise(resuming=ckpt_path is not None)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = prepare_data(cfg)
     module = build_module(cfg)
     check_optimizer(module)
     if ckpt_path is not None:
-        check_compatible(load_checkpoint(ckpt_path), cfg, module, path=ckpt_path)
-        log.info("resuming from %s", ckpt_path)
+        check_compatible(ckpt, cfg, module, path=ckpt_path)
     # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
     from robustlip.runs.self_training import prepare_self_training
 
@@ -196,7 +261,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks=[*callbacks, stop], logger=loggers, plugins=[AtomicCheckpointIO()])
     # Only now, with every check passed, does this run write into the run directory.
     save_resolved_config(cfg, output_dir)
-    keep_csv_history(loggers)
+    kept = keep_csv_history(loggers)
+    if ckpt is not None:  # one true line in place of Lightning's three resume alarms (robustlip.runs.quiet)
+        earlier = f"; the metrics logged before are kept in {', '.join(str(k) for k in kept)}" if kept else ""
+        msg = (f"resuming from {ckpt_path} (epoch {ckpt.get('epoch', '?')}, global step {ckpt.get('global_step', '?')}): "
+               "weights, optimizer, schedule, data order and random states are restored, so the run continues exactly "
+               f"as if it had not stopped{earlier}")
+        log.info(msg)
     evaluation = next((c for c in callbacks if isinstance(c, RobustEvaluation)), None)
     health = next((c for c in callbacks if isinstance(c, TrainingHealth)), None)
     try:
@@ -215,6 +286,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             print_results_table(metrics, title=[
                 f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
+                *filter(None, [lipschitz_note(getattr(evaluation, "lipschitz", None))]),
             ], warnings=warnings,
                 uncertainty=evaluation.uncertainty if evaluation is not None else None)
         return metrics

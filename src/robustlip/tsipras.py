@@ -17,16 +17,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from robustlip.cli import print_error
-from robustlip.reporting.tsipras import REPORTS, ReportError
-from robustlip.runs.files import write_text_atomic
+from robustlip.cli import plain_help, print_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
+        print(plain_help(__doc__))
         return 0
+    from robustlip.reporting.tsipras import REPORTS, ReportError
+    from robustlip.runs.files import write_text_atomic
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     what, rest = argv[0], argv[1:]
     options = dict(a.split("=", 1) for a in rest if "=" in a)

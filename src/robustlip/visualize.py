@@ -25,22 +25,26 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
 
-from robustlip.attacks.base import attack_context, input_gradient
-from robustlip.attacks.pgd import PGD
 from robustlip.cli import entry_point
-from robustlip.reporting.image_grids import save_grid
-from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
-from robustlip.runs.config import save_resolved_config
-from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
-from robustlip.runs.files import write_json_atomic
+from robustlip.runs.errors import (
+    ConfigError,
+    check_choice,
+    check_integer,
+    check_non_negative,
+    check_positive_int,
+)
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from robustlip.attacks.pgd import PGD
+
+# torch and the science modules are imported inside the functions that use them, so that
+# `robustlip-visualize --help` and a bad value answer in about a second (docs/performance.md).
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ WHAT = ("gradients", "large_eps", "interpolation")
 # --------------------------------------------------------------------------------------------------
 def class_examples(dataset: Any, num_classes: int, per_class: int) -> tuple[Tensor, Tensor]:
     """The first ``per_class`` examples of every class of ``dataset``, class by class."""
+    import torch
+
     picked: dict[int, list[Tensor]] = {c: [] for c in range(num_classes)}
     for i in range(len(dataset)):
         x, y = dataset[i]
@@ -70,6 +76,10 @@ def class_examples(dataset: Any, num_classes: int, per_class: int) -> tuple[Tens
 
 def loss_gradients(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """∇ₓ of the cross-entropy of the true labels, per image (the network in eval mode)."""
+    import torch.nn.functional as F
+
+    from robustlip.attacks.base import attack_context, input_gradient
+
     was_training = net.training
     net.eval()
     try:
@@ -101,6 +111,8 @@ def large_eps_grid(net: nn.Module, x: Tensor, y: Tensor, num_classes: int, attac
     Returns (grid of shape rows × classes × C × H × W, reached: rows × classes booleans, True on the
     diagonal when the image is classified correctly).
     """
+    import torch
+
     rows = len(x)
     sources = x.repeat_interleave(num_classes, dim=0)
     targets = torch.arange(num_classes).repeat(rows)
@@ -114,6 +126,8 @@ def large_eps_grid(net: nn.Module, x: Tensor, y: Tensor, num_classes: int, attac
 
 def interpolation(x: Tensor, x_adv: Tensor, steps: int) -> Tensor:
     """x + α·(x_adv − x) for ``steps`` values of α from 0 to 1: rows × steps × C × H × W."""
+    import torch
+
     alphas = torch.linspace(0, 1, steps).view(1, steps, *([1] * (x.dim() - 1)))
     return x[:, None] + alphas * (x_adv - x)[:, None]
 
@@ -121,8 +135,19 @@ def interpolation(x: Tensor, x_adv: Tensor, steps: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------------
-def _check(cfg: DictConfig) -> tuple[list[str], PGD]:
+#: The default large-ε budget: ℓ2 ε = 4 on a 28×28 image (Tsipras et al.'s MNIST figures), scaled to the data's size
+#: by the same root-mean-square change per pixel: ε = 4·√(pixels/784), 1.14 on 8×8 digits, 7.9 on CIFAR-10.
+REFERENCE_L2_EPS, REFERENCE_PIXELS = 4.0, 784
+
+
+def default_large_eps(in_features: int) -> float:
+    return round(REFERENCE_L2_EPS * (int(in_features) / REFERENCE_PIXELS) ** 0.5, 2)
+
+
+def _check(cfg: DictConfig, in_features: int | None = None) -> tuple[list[str], PGD]:
     """Every value that can be wrong, checked before anything is computed or written."""
+    from robustlip.attacks.pgd import PGD
+
     what = cfg.what if isinstance(cfg.what, (list, tuple)) or OmegaConf.is_list(cfg.what) else [cfg.what]
     what = [str(w) for w in what]
     for w in what:
@@ -130,11 +155,17 @@ def _check(cfg: DictConfig) -> tuple[list[str], PGD]:
             raise ConfigError(f"what={w!r} is not allowed; choose any of {', '.join(WHAT)}")
     if not what:
         raise ConfigError(f"what=[] is not allowed; choose any of {', '.join(WHAT)}")
+    check_integer("seed", cfg.seed)
     check_positive_int("per_class", cfg.per_class)
     check_positive_int("interpolation.steps", cfg.interpolation.steps)
     if cfg.interpolation.steps < 2:
         raise ConfigError(f"interpolation.steps={cfg.interpolation.steps!r} is not allowed; it must be >= 2 (both ends)")
-    eps = check_non_negative("large_eps.eps", cfg.large_eps.eps)
+    eps = cfg.large_eps.eps
+    if eps is None:  # sized to the data (default_large_eps); ℓ∞ has no such rule
+        if str(cfg.large_eps.norm) != "2":
+            raise ConfigError("large_eps.eps=null is only for large_eps.norm=2; give an ℓ∞ budget, e.g. large_eps.eps=0.3")
+        eps = default_large_eps(in_features or REFERENCE_PIXELS)
+    eps = check_non_negative("large_eps.eps", eps)
     norm = check_choice("large_eps.norm", str(cfg.large_eps.norm), ("inf", "2"))
     steps = check_positive_int("large_eps.steps", cfg.large_eps.steps)
     step_size = cfg.large_eps.step_size
@@ -146,7 +177,16 @@ def _check(cfg: DictConfig) -> tuple[list[str], PGD]:
 
 def visualize(cfg: DictConfig) -> dict[str, Any]:
     """Write the chosen figures for ``cfg.ckpt_path`` into the run dir; returns what visualize.json holds."""
+    from hydra.utils import instantiate
+
+    from robustlip.reporting.image_grids import save_grid
+    from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
+    from robustlip.runs.config import save_resolved_config
+    from robustlip.runs.files import write_json_atomic
+
     what, attack = _check(cfg)
+    import torch
+
     output_dir = Path(cfg.paths.output_dir)
     ckpt = load_checkpoint(cfg.ckpt_path)
     train_config = checkpoint_config(ckpt)
@@ -154,6 +194,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else train_config.get("data")
     if data is None:
         raise ConfigError("ckpt_path: the checkpoint's config has no data node; choose one, e.g. data=fashion_mnist")
+    if cfg.large_eps.eps is None:
+        what, attack = _check(cfg, in_features=data.get("in_features"))
     datamodule = instantiate(data)
     datamodule.setup("test")
     num_classes = int(datamodule.num_classes)
@@ -181,7 +223,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     if "large_eps" in what or "interpolation" in what:
         grid, reached = large_eps_grid(net, first, first_y, num_classes, attack)
         off = ~torch.eye(num_classes, dtype=torch.bool)
-        record["target_reached"] = float(reached[off].float().mean())
+        # In percent, as every accuracy robustlip prints and records (one unit per quantity).
+        record["target_reached"] = round(100 * float(reached[off].float().mean()), 2)
         if "large_eps" in what:
             path = save_grid(output_dir / "large_eps.png", grid, [f"from {n}" for n in names], [f"to {n}" for n in names],
                              f"{label}: targeted PGD, ℓ{'∞' if attack.threat.norm == 'inf' else '2'} ε={attack.eps}")
@@ -200,7 +243,7 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
             record["figures"]["interpolation"] = {"file": path.name, "rows": rows, "steps": steps}
     write_json_atomic(output_dir / "visualize.json", record)
     for info in record["figures"].values():
-        print(f"wrote {output_dir / info['file']}" + (f" (target reached {info['target_reached']:.0%})" if "target_reached" in info else ""))
+        print(f"wrote {output_dir / info['file']}" + (f" (target reached {info['target_reached']:.0f} %)" if "target_reached" in info else ""))
     return record
 
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from robustlip.runs.errors import ConfigError, check_choice, check_non_negative
+from robustlip.runs.errors import check_choice, check_linf_eps, check_non_negative
 
 NORMS = ("inf", "2")
 
@@ -60,12 +60,8 @@ class LinfThreat(ThreatModel):
 
     def __init__(self, eps: float) -> None:
         super().__init__(eps)
-        if self.eps > 1.0:
-            # Inputs are images in [0, 1] (models normalise inside): an ℓ∞ radius above 1 is no threat model at all.
-            raise ConfigError(
-                f"eps={eps!r} is not allowed; an ℓ∞ radius is in pixel units and must be in [0, 1] "
-                "(inputs are in [0, 1]; the paper's radii are 0.1 to 0.3 for MNIST, 0.031 for CIFAR-10)"
-            )
+        # Inputs are images in [0, 1] (models normalise inside): an ℓ∞ radius above 1 is no threat model at all.
+        check_linf_eps("eps", eps)
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         delta = torch.clamp(x_adv - x, -self.eps, self.eps)

@@ -79,9 +79,9 @@ def plot_errors(path: Path, rows: list[dict[str, Any]]) -> Path:
 def print_staircase_table(rows: list[dict[str, Any]]) -> None:
     print("\nSpline staircase (Raghunathan et al. 2020): mean over trials, exact errors")
     head = f"{'n':>6} " + " ".join(f"{'L_std ' + e:>11}" for e in ESTIMATORS) + " " + \
-        " ".join(f"{'L_rob ' + e:>11}" for e in ESTIMATORS) + f" {'aug>std':>8}"
+        " ".join(f"{'L_rob ' + e:>11}" for e in ESTIMATORS) + f" {'aug>std':>9}"
     print(head)
     for r in rows:
         print(f"{r['n']:>6} " + " ".join(f"{r[f'std_error/{e}_mean']:>11.4f}" for e in ESTIMATORS) + " "
               + " ".join(f"{r[f'robust_error/{e}_mean']:>11.4f}" for e in ESTIMATORS)
-              + f" {r['aug_worse_than_std']:>8.2f}")
+              + f" {r['aug_worse_than_std']:>7.0f} %")

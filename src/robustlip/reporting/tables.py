@@ -412,6 +412,15 @@ def result_keys(metrics: dict[str, float]) -> list[str]:
     return keys + [k for k in metrics if k not in keys]
 
 
+def lipschitz_note(estimator: Any) -> str | None:
+    """A title line when the Lipschitz estimate is not the paper's Eq. 3 ascent: ``fidelity=faithful`` takes the
+    authors' code's descent (docs/authors-code.md), which reports a smaller number; the table must say so."""
+    if getattr(estimator, "direction", None) != "descent":
+        return None
+    return ("lipschitz: the authors' code's descent search (fidelity=faithful), not the paper's Eq. 3 ascent; "
+            "its estimates are smaller (docs/authors-code.md)")
+
+
 def print_results_table(metrics: dict[str, float], title: str | Sequence[str] = "results",
                         warnings: Sequence[str] = (), uncertainty: dict[str, dict[str, Any]] | None = None) -> None:
     """One run's numbers in the order of the paper's tables, each with its ± and number of examples.

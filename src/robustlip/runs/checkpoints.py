@@ -196,6 +196,36 @@ def check_compatible(
             )
 
 
+#: What must agree between the data a model was made for and the data it is run on: the dataset, its classes and
+#: its input shape (channels, pixels).
+DATA_KEYS = ("name", "num_classes", "in_channels", "in_features")
+
+
+def check_same_data(made_for: Mapping[str, Any] | None, data: Mapping[str, Any] | Any, allow: bool = False,
+                    opt_in: str | None = "allow_data_mismatch=true for a deliberate transfer evaluation",
+                    verb: str = "evaluate it on") -> str | None:
+    """Refuse data other than the model's own (name, classes, input shape) in one line, before any work.
+
+    ``made_for`` is the data node the model was trained with (a checkpoint's ``data``), ``data`` the one of
+    this run. ``allow`` lets a deliberate transfer through (``opt_in`` names the key; None: no opt-in,
+    as for resuming a training run). Returns the title's note for a transfer (None for the model's own data).
+    """
+    made_for = made_for or {}
+    differ = [(key, made_for[key], data.get(key)) for key in DATA_KEYS
+              if made_for.get(key) is not None and data.get(key) is not None and made_for[key] != data.get(key)]
+    if not differ:
+        return None
+    key, theirs, mine = differ[0]
+    if not allow:
+        name = made_for.get("name", theirs)
+        other = f", or set {opt_in}" if opt_in else ""
+        raise CheckpointError(
+            f"data.{key}={mine!r} is not the data this model was made for (data.{key}={theirs!r}); "
+            f"{verb} data={name}{other}"
+        )
+    return f"transfer: made for {made_for.get('name', '?')}, evaluated on {data.get('name', '?')}"
+
+
 def resolve_ckpt_path(ckpt_path: str | None, resume: str | None, output_dir: str | Path) -> str | None:
     """The checkpoint file a run starts from, or None for a fresh start.
 

@@ -78,6 +78,31 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _raw(cfg: DictConfig, dotted: str) -> Any:
+    """The value at ``dotted`` as written, an interpolation left unresolved (None when absent)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not OmegaConf.is_dict(node) or part not in node:
+            return None
+        node = node._get_node(part)
+    return node._value() if hasattr(node, "_value") else node
+
+
+def name_the_source(cfg: DictConfig, message: str) -> str:
+    """``attack.eps=2 is not allowed; ...`` as ``data.eps=2 is not allowed (attack.eps is ${data.eps}); ...`` when
+    the refused key only follows another (``attack.eps: ${data.eps}``): the key the user set is the one to fix."""
+    match = re.match(r"^([\w.]+)=", message)
+    if match is None:
+        return message
+    raw = _raw(cfg, match.group(1))
+    ref = re.fullmatch(r"\$\{([\w.]+)\}", raw.strip()) if isinstance(raw, str) else None
+    if ref is None:
+        return message
+    head, sep, tail = message.partition(";")
+    head = ref.group(1) + head[len(match.group(1)):]
+    return f"{head} ({match.group(1)} is ${{{ref.group(1)}}}){sep}{tail}"
+
+
 def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     """``instantiate`` the node at dotted ``key``, turning a rejected value into a ConfigError that names ``key``."""
     try:
@@ -88,7 +113,7 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
             message = str(cause)
             if not message.startswith(f"{key}."):
                 message = f"{key}.{message}" if re.match(r"^[\w.]+=", message) else f"{key}: {message}"
-            raise type(cause)(message) from exc
+            raise type(cause)(name_the_source(cfg, message)) from exc
         if isinstance(cause, (FileNotFoundError, NotADirectoryError)):
             raise ConfigError(f"{key}: {cause}") from exc
         raise

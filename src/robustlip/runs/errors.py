@@ -51,24 +51,44 @@ def check_positive_int(key: str, value: int) -> int:
     return value
 
 
+def check_integer(key: str, value: Any) -> int:
+    """An integer (``seed=1.5`` is refused, not truncated)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} is not allowed; it must be an integer")
+    return value
+
+
+def check_linf_eps(key: str, eps: Any) -> float:
+    """An ℓ∞ radius in pixel units: a number in [0, 1] (inputs are images in [0, 1]; models normalise inside)."""
+    eps = check_non_negative(key, eps)
+    if eps > 1.0:
+        raise ConfigError(
+            f"{key}={eps:g} is not allowed; an ℓ∞ radius is in pixel units and must be in [0, 1] "
+            "(inputs are in [0, 1]; the paper's radii are 0.1 to 0.3 for MNIST, 0.031 for CIFAR-10)"
+        )
+    return eps
+
+
 def check_probability(key: str, value: float) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{key}={value!r} is not allowed; it must be a number in [0, 1)")
     return float(value)
 
 
-def check_attack_eps(attack_eps: float, data_eps: float, allow_mismatch: bool, key: str = "attack.eps") -> bool:
+def check_attack_eps(attack_eps: float, data_eps: float, allow_mismatch: bool, key: str = "attack.eps",
+                     data_key: str = "data.eps") -> bool:
     """Refuse an evaluation attack whose ε differs from ``data.eps`` unless the user said so; True when it differs.
 
     ``data.eps`` is the ε of the training objective, the Lipschitz estimate and the paper's tables; an
     attack at another radius makes ``results.json`` mix two radii. ``allow_mismatch`` (the
-    ``allow_eps_mismatch`` key) lets it through, and the results table then names the radius.
+    ``allow_eps_mismatch`` key) lets it through, and the results table then names the radius. ``data_key`` is how
+    this command moves ``data.eps`` (robustlip-eval without ``data=``: ``+patch.data.eps``).
     """
     differs = abs(float(attack_eps) - float(data_eps)) > 1e-12
     if differs and not allow_mismatch:
         raise ConfigError(
             f"{key}={attack_eps:g} differs from data.eps={data_eps:g}, the ε of the training objective, the Lipschitz "
-            f"estimate and the paper's tables; set data.eps={attack_eps:g} to move them all, or add "
+            f"estimate and the paper's tables; set {data_key}={attack_eps:g} to move them all, or add "
             "allow_eps_mismatch=true to evaluate at another ε on purpose"
         )
     return differs

@@ -235,6 +235,32 @@ class MultirunGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "multirun")
+        self._check_data(config)
+
+    @staticmethod
+    def _check_data(config: DictConfig) -> None:
+        """A dataset that is not there fails the sweep once, before any job starts, not every job one by one.
+
+        Only when every job reads the same data (no ``data`` key or option is swept); a swept dataset is
+        checked by each job, as before. The check is the training run's own (:func:`robustlip.train.prepare_data`).
+        """
+        node = config.get("data")
+        if node is None or not node.get("_target_"):
+            return
+        overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        for override in overrides:
+            key, _, value = str(override).partition("=")
+            if key.lstrip("+~").split(".")[0] == "data" and ("," in value or value.strip().startswith(("range(", "choice(", "glob("))):
+                return
+        from robustlip.cli import print_error
+        from robustlip.runs.errors import ConfigError
+        from robustlip.train import prepare_data
+
+        try:
+            prepare_data(config)
+        except ConfigError as exc:
+            print_error(f"{exc} (checked once before the sweep: no job was started)")
+            raise SweepRefused(2) from None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         # A swept trainer (e.g. `trainer=default,ddp`) is only known per job; in a job that is a child
