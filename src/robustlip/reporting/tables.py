@@ -76,6 +76,9 @@ class Run:
     metrics: dict[str, float]
     #: results.json's ``uncertainty``: per metric its n and Wilson interval (accuracies) or standard error.
     uncertainty: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: results.json's ``best`` section (``select_best=val``): the model of the best validation epoch,
+    #: measured on test like the final one (``epoch``, ``metrics``, ``uncertainty``, ``robust_overfitting_gap``).
+    best: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)
@@ -147,13 +150,20 @@ def find_runs(dirs: Iterable[str | Path]) -> tuple[list[Run], list[Path]]:
                 continue
             metrics = payload.get("metrics", {})
             runs.append(Run(run_dir, flatten(config), {k: v for k, v in metrics.items() if v is not None},
-                            dict(payload.get("uncertainty") or {})))
+                            dict(payload.get("uncertainty") or {}), dict(payload.get("best") or {})))
         for overrides in sorted(root.rglob(".hydra/overrides.yaml")):
             run_dir = overrides.parent.parent.resolve()
             finished = (run_dir / "results.json").exists() or (run_dir / "separation.json").exists()
             if run_dir not in seen and not finished:
                 incomplete.append(run_dir)
     return runs, incomplete
+
+
+def best_runs(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
+    """The runs as their best-validation-epoch model measured them (``checkpoint=best``), and the runs without one."""
+    chosen = [Run(r.path, r.config, {k: v for k, v in r.best["metrics"].items() if v is not None},
+                  dict(r.best.get("uncertainty") or {}), r.best) for r in runs if r.best.get("metrics")]
+    return chosen, [r for r in runs if not r.best.get("metrics")]
 
 
 def find_sweep_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
