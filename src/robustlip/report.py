@@ -78,7 +78,8 @@ def build_report(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"robustlip-report: no results.json or separation.json below {[str(d) for d in dirs]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = group_rows(runs, list(cfg.table_by), list(cfg.ignore_keys))
-    title = cfg.title or f"robustlip report ({len(runs)} runs)"
+    title = cfg.title or (f"robustlip report ({len(runs)} runs)" if runs or not presets
+                          else f"published tables of {', '.join(presets)} (nothing run yet)")
     text = [f"# {title}", ""]
     if checkpoint == "best":
         text += ["Every number below is the best-validation-epoch model's (checkpoint=best).", ""]
