@@ -109,6 +109,9 @@ def test_report_says_reproduces_inside_and_differs_outside_our_interval(tmp_path
     assert "97.21 → 95.00 ± 0.43 (-2.21) ✗" in md
     assert "⚠ one seed only: AT, TRADES(β=6)" in md
     assert (tmp_path / "out" / "parity_table2_mnist_cnn1_Yang_et_al_2020.png").stat().st_size > 0
+    with (tmp_path / "out" / "table.csv").open() as handle:
+        natural_csv = next(r for r in csv.DictReader(handle) if r["method"] == "Natural")
+    assert float(natural_csv["test/adv_acc seeds_ci95_low"]) == pytest.approx(60.0 - 2.4841, abs=1e-3)
     # A preset nobody ran is not compared unless asked for.
     assert "table2_mnist_cnn2" not in md
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from robustlip.metrics.intervals import t_interval
 from robustlip.runs.files import atomic_write
 from robustlip.runs.results import RESULT_KEYS
 
@@ -371,8 +372,10 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
         writer = csv.writer(handle)
         header = ["table", "method", "dropout", "settings", "n_runs", "n_seeds"]
         for c in columns:
-            # n, ci95_low/high (accuracies) and se (means) are one run's; empty for a row of several runs.
-            header += [f"{c} mean", f"{c} std", f"{c} n", f"{c} ci95_low", f"{c} ci95_high", f"{c} se"]
+            # n, ci95_low/high (accuracies) and se (means) are one run's; empty for a row of several runs,
+            # which has seeds_ci95_low/high instead (the Student-t interval of the mean over seeds).
+            header += [f"{c} mean", f"{c} std", f"{c} n", f"{c} ci95_low", f"{c} ci95_high", f"{c} se",
+                       f"{c} seeds_ci95_low", f"{c} seeds_ci95_high"]
         writer.writerow(header)
         for row in rows:
             line: list[Any] = [row.table, row.method, row.dropout, row.extra, len(row.runs),
@@ -387,6 +390,9 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
                 record = row.runs[0].uncertainty.get(c) if len(row.runs) == 1 else None
                 line += ["" if not record or record.get(k) is None else f"{record[k]:.6g}"
                          for k in ("n", "ci95_low", "ci95_high", "se")]
+                # several seeds: the Student-t 95% interval of the mean over seeds
+                _, low, high = t_interval(values) if len(values) > 1 else (None, None, None)
+                line += ["", ""] if low is None else [f"{low:.6g}", f"{high:.6g}"]
             writer.writerow(line)
 
 
