@@ -74,7 +74,7 @@ def build_report(cfg: DictConfig) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"report.columns: unknown {unknown}; allowed: {known}")
     separations = find_separations(dirs)
-    if not runs and not separations and not presets:
+    if not final_runs and not separations and not presets:
         raise FileNotFoundError(f"robustlip-report: no results.json or separation.json below {[str(d) for d in dirs]}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = group_rows(runs, list(cfg.table_by), list(cfg.ignore_keys))
