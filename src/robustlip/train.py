@@ -226,6 +226,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
     from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
+    from robustlip.runs.best_model import check_select_best, evaluate_best
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
         check_compatible,
@@ -237,6 +238,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     check_loggers(cfg)
     warn_without_gpu(cfg)
+    select_best = check_select_best(cfg)
     output_dir = resolve_run_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.get("resume"), output_dir)
     ckpt = None
@@ -273,22 +275,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         fit(trainer, module, datamodule, ckpt_path, output_dir, stop)
         metrics: dict[str, float] = {}
+        uncertainty, best = None, None
         warnings = list(health.warnings) if health is not None else []
         if cfg.get("evaluate", True):
             if evaluation is not None and health is not None:  # into results.json, beside the test's own check
                 evaluation.warnings.extend(health.warnings)
                 evaluation.advice = health.advice()
-            # The paper evaluates the final-epoch model (docs/authors-code.md §4): no checkpoint selection here.
+            # The paper evaluates the final-epoch model (docs/authors-code.md §4); select_best=val also measures
+            # the best-validation-epoch model, into results.json's `best` (robustlip.runs.best_model).
             final_evaluation(trainer, module, datamodule, evaluation, output_dir, stop)
             metrics = dict(evaluation.metrics) if evaluation is not None else {}
             warnings = list(evaluation.warnings) if evaluation is not None else warnings
+            uncertainty = dict(evaluation.uncertainty) if evaluation is not None else None
+            best = evaluate_best(trainer, module, datamodule, evaluation, output_dir, stop) \
+                if select_best and evaluation is not None else None
         if trainer.is_global_zero and metrics:
             print_results_table(metrics, title=[
                 f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
                 *filter(None, [lipschitz_note(getattr(evaluation, "lipschitz", None))]),
-            ], warnings=warnings,
-                uncertainty=evaluation.uncertainty if evaluation is not None else None)
+            ], warnings=warnings, uncertainty=uncertainty)
+            if best is not None and best["robust_overfitting_gap"] is not None:
+                print(f"best model (epoch {best['epoch']} of {best['final_epoch']}, by val/adv_acc): adv test acc "
+                      f"{best['metrics'].get('test/adv_acc', float('nan')):.2f} %, robust-overfitting gap "
+                      f"(best − final) {best['robust_overfitting_gap']:+.2f} points; results.json's `best`")
         return metrics
     finally:
         finish_wandb()

@@ -93,3 +93,47 @@ def plot_curve(points: list[dict[str, float]], path: Path, title: str = "adversa
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def write_parity_plots(out_dir: Path, comparisons: Sequence) -> list[Path]:
+    """Ours against published, one point per measured number with our 95% interval, per preset and paper.
+
+    Points on the diagonal reproduce exactly; an error bar that crosses it reproduces within our
+    interval. Accuracies and gaps (%) share one panel; Lipschitz estimates, orders of magnitude apart,
+    get a log-log panel of their own.
+    """
+    plt = pyplot()
+    groups: dict[tuple[str, str], list] = {}
+    for c in comparisons:
+        if c.seeds:
+            groups.setdefault((c.published.preset, c.published.paper), []).append(c)
+    written: list[Path] = []
+    for (preset, paper), group in groups.items():
+        panels = [("accuracies and gaps (%)", [c for c in group if "lipschitz" not in c.published.column], False),
+                  ("local Lipschitz (Eq. 3)", [c for c in group if "lipschitz" in c.published.column], True)]
+        panels = [p for p in panels if p[1]]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), layout="constrained", squeeze=False)
+        for ax, (name, points, log) in zip(axes[0], panels):
+            for column in dict.fromkeys(c.published.column for c in points):
+                pts = [c for c in points if c.published.column == column]
+                low = [c.mean - c.low if c.low == c.low else 0.0 for c in pts]
+                high = [c.high - c.mean if c.high == c.high else 0.0 for c in pts]
+                ax.errorbar([c.published.value for c in pts], [c.mean for c in pts], yerr=[low, high], fmt="o",
+                            capsize=3, label=column)
+            values = [v for c in points for v in (c.published.value, c.mean)]
+            lo, hi = min(values), max(values)
+            ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--")
+            if log and lo > 0:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_xlabel(f"published ({paper})")
+            ax.set_ylabel("ours (95% interval)")
+            ax.set_title(name, fontsize="medium")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+        fig.suptitle(f"{preset}: ours vs {paper}")
+        path = out_dir / f"parity_{_slug(preset)}_{_slug(paper)}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

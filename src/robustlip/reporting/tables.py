@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from robustlip.metrics.intervals import t_interval
 from robustlip.runs.files import atomic_write
 from robustlip.runs.results import RESULT_KEYS
 
@@ -76,6 +77,9 @@ class Run:
     metrics: dict[str, float]
     #: results.json's ``uncertainty``: per metric its n and Wilson interval (accuracies) or standard error.
     uncertainty: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: results.json's ``best`` section (``select_best=val``): the model of the best validation epoch,
+    #: measured on test like the final one (``epoch``, ``metrics``, ``uncertainty``, ``robust_overfitting_gap``).
+    best: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.config.get(key, default)
@@ -147,13 +151,20 @@ def find_runs(dirs: Iterable[str | Path]) -> tuple[list[Run], list[Path]]:
                 continue
             metrics = payload.get("metrics", {})
             runs.append(Run(run_dir, flatten(config), {k: v for k, v in metrics.items() if v is not None},
-                            dict(payload.get("uncertainty") or {})))
+                            dict(payload.get("uncertainty") or {}), dict(payload.get("best") or {})))
         for overrides in sorted(root.rglob(".hydra/overrides.yaml")):
             run_dir = overrides.parent.parent.resolve()
             finished = (run_dir / "results.json").exists() or (run_dir / "separation.json").exists()
             if run_dir not in seen and not finished:
                 incomplete.append(run_dir)
     return runs, incomplete
+
+
+def best_runs(runs: Sequence[Run]) -> tuple[list[Run], list[Run]]:
+    """The runs as their best-validation-epoch model measured them (``checkpoint=best``), and the runs without one."""
+    chosen = [Run(r.path, r.config, {k: v for k, v in r.best["metrics"].items() if v is not None},
+                  dict(r.best.get("uncertainty") or {}), r.best) for r in runs if r.best.get("metrics")]
+    return chosen, [r for r in runs if not r.best.get("metrics")]
 
 
 def find_sweep_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -361,8 +372,10 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
         writer = csv.writer(handle)
         header = ["table", "method", "dropout", "settings", "n_runs", "n_seeds"]
         for c in columns:
-            # n, ci95_low/high (accuracies) and se (means) are one run's; empty for a row of several runs.
-            header += [f"{c} mean", f"{c} std", f"{c} n", f"{c} ci95_low", f"{c} ci95_high", f"{c} se"]
+            # n, ci95_low/high (accuracies) and se (means) are one run's; empty for a row of several runs,
+            # which has seeds_ci95_low/high instead (the Student-t interval of the mean over seeds).
+            header += [f"{c} mean", f"{c} std", f"{c} n", f"{c} ci95_low", f"{c} ci95_high", f"{c} se",
+                       f"{c} seeds_ci95_low", f"{c} seeds_ci95_high"]
         writer.writerow(header)
         for row in rows:
             line: list[Any] = [row.table, row.method, row.dropout, row.extra, len(row.runs),
@@ -377,6 +390,9 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> None:
                 record = row.runs[0].uncertainty.get(c) if len(row.runs) == 1 else None
                 line += ["" if not record or record.get(k) is None else f"{record[k]:.6g}"
                          for k in ("n", "ci95_low", "ci95_high", "se")]
+                # several seeds: the Student-t 95% interval of the mean over seeds
+                _, low, high = t_interval(values) if len(values) > 1 else (None, None, None)
+                line += ["", ""] if low is None else [f"{low:.6g}", f"{high:.6g}"]
             writer.writerow(line)
 
 
