@@ -30,11 +30,16 @@ LINES = [
     ("robustlip-train", ["--help"], "help: config groups and the composed config"),
     ("robustlip-train", ["--cfg", "job"], "the composed config"),
     ("robustlip-train", ["objective=trade"], "mistyped option: Hydra's list of choices"),
-    ("robustlip-train", ["trainer.max_epoch=3"], "mistyped key"),
+    ("robustlip-train", ["trainer.max_epoch=3"], "mistyped key: the close key"),
+    ("robustlip-train", ["attack.eps=2"], "value out of range, checked before torch"),
+    ("robustlip-train", ["seed=1.5"], "a non-integer seed, checked before torch"),
     ("robustlip-eval", ["--help"], "help"),
     ("robustlip-eval", ["ckpt_path=x.ckpt", "attack=pgdd"], "mistyped option"),
     ("robustlip-separation", ["--help"], "help"),
     ("robustlip-report", ["--help"], "help"),
+    ("robustlip-visualize", ["--help"], "help"),
+    ("robustlip-visualize", [], "missing ckpt_path: one line with an example"),
+    ("robustlip-tsipras", ["--help"], "help"),
 ]
 
 

@@ -592,3 +592,12 @@ def test_a_faithful_lipschitz_search_is_named_in_the_title():
 
     assert "descent" in lipschitz_note(LocalLipschitz(eps=0.1, fidelity="faithful"))
     assert lipschitz_note(LocalLipschitz(eps=0.1, fidelity="paper")) is None
+
+
+def test_the_progress_bar_shows_two_short_metrics_that_fit_80_columns():
+    from robustlip.callbacks.progress import BAR_WIDTH, compact_metrics
+
+    shown = compact_metrics({"train/loss_step": 2.2614, "val/acc": 76.2963, "train/loss_epoch": 2.28, "v_num": 0})
+    assert shown == {"loss": "2.261", "val acc": "76.3 %"}
+    # "Epoch 14/14 " + bar + " 60/60 0:01:10 • 0:00:00 " + "loss: 2.261 val acc: 76.3 %": one 80-column line
+    assert 12 + BAR_WIDTH + 24 + len("loss: 2.261 val acc: 100.0 %") <= 80
