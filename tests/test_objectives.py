@@ -33,6 +33,7 @@ from robustlip.runs.errors import ConfigError
 from robustlip.train import train
 from tests.conftest import FAST
 from tests.test_attacks import ModeRecorder, interior_linear_problem
+from tests.test_reference_code import authors_strades_step
 
 OBJECTIVES = ["natural", "gr", "llr", "at", "trades", "rst"]
 
@@ -219,31 +220,6 @@ def bn_net() -> nn.Module:
     )
 
 
-def authors_strades_step(model: nn.Module, x: Tensor, y: Tensor, beta: float, epsilon: float, steps: int = 10) -> Tensor:
-    """``trades_loss`` of the authors' ``lolip/models/torch_utils/trades.py`` (L15-89), ℓ∞, version "sum",
-    step_size = 2ε/steps as ``torch_model.py`` passes it, loss_fn = summed CE: returns the loss."""
-    step_size = 2 * epsilon / steps
-    criterion_kl = nn.KLDivLoss(reduction="sum")
-    model.eval()
-    batch_size = len(x)
-    # The authors' torch.randn(x.shape) draws in their inputs' dtype (float32); here, in x's (float64 in the test).
-    x_adv = x.detach() + 0.001 * torch.randn(x.shape, dtype=x.dtype).detach()
-    for _ in range(steps):
-        x_adv.requires_grad_()
-        with torch.enable_grad():
-            loss_kl = criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
-        grad = torch.autograd.grad(loss_kl, [x_adv])[0]
-        x_adv = x_adv.detach() + step_size * torch.sign(grad.detach())
-        x_adv = torch.min(torch.max(x_adv, x - epsilon), x + epsilon)
-        x_adv = torch.clamp(x_adv, 0.0, 1.0)
-    model.train()
-    x_adv = torch.clamp(x_adv, 0.0, 1.0).detach()
-    outputs = model(x)
-    loss_natural = F.cross_entropy(outputs, y, reduction="sum")
-    loss_robust = (1.0 / batch_size) * criterion_kl(F.log_softmax(model(x_adv), dim=1), F.softmax(model(x), dim=1))
-    return loss_natural + beta * batch_size * loss_robust
-
-
 def running_stats(model: nn.Module) -> list[Tensor]:
     bn = model[1]
     return [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
@@ -256,7 +232,7 @@ def test_trades_ends_batchnorm_statistics_on_the_clean_batch_as_the_authors_code
     x = x.double()
     reference = bn_net().double().train()
     torch.manual_seed(7)
-    expected_loss = authors_strades_step(reference, x, y, beta=6.0, epsilon=0.1)
+    _, expected_loss = authors_strades_step(reference, x, y, eps=0.1, beta=6.0)
     expected = running_stats(reference)
 
     ours = bn_net().double().train()
