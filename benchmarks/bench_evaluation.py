@@ -122,15 +122,17 @@ def autoattack_table(device: torch.device, n: int, batch_size: int, repeats: int
         }, repeats)
         (clean_o, robust_o), (clean_r, robust_r) = values["official"]["value"], values["robustlip"]["value"]
         ratio = wall(samples["robustlip"]) / wall(samples["official"])
-        equal = abs(robust_o - robust_r) < 1e-9 and abs(clean_o - clean_r) < 1e-9
+        # Percentages of n points: equal counts, compared above float32's rounding of the official mean (1e-4 pp).
+        same_clean, same_robust = abs(clean_o - clean_r) < 1e-4, abs(robust_o - robust_r) < 1e-4
+        equal = same_clean and same_robust
         ok &= equal and ratio <= 1.1
         for variant in ("official", "robustlip"):
             clean, robust = values[variant]["value"]
             rows.append([name, "official AutoAttack (pyautoattack), as RobustBench's benchmark()" if variant == "official"
                          else "robustlip.evaluation.evaluate(..., AutoAttack(eps))", f"{clean:.2f}", f"{robust:.2f}",
                          f"{wall(samples[variant]):.2f}", f"{cpu(samples[variant]):.2f}", spread(samples[variant])])
-        rows.append([name, "robustlip / official", "equal" if clean_o == clean_r else "DIFFER",
-                     "equal" if equal else "DIFFER", f"{ratio:.3f}",
+        rows.append([name, "robustlip / official", "equal" if same_clean else "DIFFER",
+                     "equal" if same_robust else "DIFFER", f"{ratio:.3f}",
                      f"{cpu(samples['robustlip']) / cpu(samples['official']):.3f}", "bar ≤ 1.1"])
     version = f"custom: {', '.join(attacks)}" if attacks else "standard"
     print_table(f"AutoAttack ({version}, ℓ∞ ε={EPS}) on {n} digits test points, batch {batch_size}, median of {repeats}",
