@@ -1,4 +1,4 @@
-"""The training progress bar, one line in an 80-column terminal (issue 24, item 5).
+"""The training progress bar, one line in an 80-column terminal. A wider bar wraps and repeats itself on every refresh.
 
 Lightning's RichProgressBar shows a 40-character bar, the speed and every logged metric under its full
 name (``train/loss_step``, ``val/acc``, ``train/loss_epoch``, ``v_num``), which wraps onto three more lines

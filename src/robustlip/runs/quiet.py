@@ -1,4 +1,4 @@
-"""Silence what is known to be harmless, so that what a run prints is worth reading (issue 24, item 5).
+"""Silence what is known to be harmless, so that what a run prints is worth reading.
 
 * Lightning's "💡 Tip: ... litlogger" advertisement, printed by every Trainer;
 * torch's ``_pytree`` deprecation (``isinstance(treespec, LeafSpec)``), raised inside Lightning;
