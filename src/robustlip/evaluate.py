@@ -115,14 +115,6 @@ def evaluation_setup(cfg: DictConfig, loaded: LoadedModel) -> DictConfig:
     return setup
 
 
-def check_data(loaded: LoadedModel, data: DictConfig, allow: bool) -> str | None:
-    """The data this evaluation runs on must be the model's own unless ``allow_data_mismatch=true``
-    (:func:`robustlip.runs.checkpoints.check_same_data`); returns the title's note for a transfer evaluation."""
-    from robustlip.runs.checkpoints import check_same_data
-
-    return check_same_data(loaded.data, data, allow)
-
-
 def check_outputs(loaded: LoadedModel, datamodule: Any, data: DictConfig, device: Any) -> None:
     """One forward pass on two test images: the model must take them and return ``[N, num_classes]`` logits."""
     import torch
@@ -226,6 +218,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate the model of ``cfg.source`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
     from robustlip.evaluation import EvaluationStopped, Evaluator
     from robustlip.evaluation.evaluator import resolve_device
+    from robustlip.runs.checkpoints import check_same_data
     from robustlip.runs.signals import stop_requests
     from robustlip.train import prepare_data
 
@@ -238,7 +231,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                           "e.g. data=cifar10 (only a robustlip checkpoint knows its own)")
     loaded = instantiate_group(cfg, "source").load()
     setup = evaluation_setup(cfg, loaded)
-    transfer = check_data(loaded, setup.data, bool(cfg.get("allow_data_mismatch", False)))
+    # The model's own data unless allow_data_mismatch=true (a transfer evaluation, named in the title).
+    transfer = check_same_data(loaded.data, setup.data, bool(cfg.get("allow_data_mismatch", False)))
     # The splits now, so a missing dataset or a too large data.test_size fails before any file is written.
     datamodule = prepare_data(setup)
     device = resolve_device(cfg.get("device", "auto"), loaded.net)

@@ -287,8 +287,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics = dict(evaluation.metrics) if evaluation is not None else {}
             warnings = list(evaluation.warnings) if evaluation is not None else warnings
             uncertainty = dict(evaluation.uncertainty) if evaluation is not None else None
-            best = evaluate_best(trainer, module, datamodule, evaluation, output_dir, stop) \
-                if select_best and evaluation is not None else None
+            if select_best and evaluation is not None:
+                best = evaluate_best(trainer, module, evaluation, measure=lambda: final_evaluation(
+                    trainer, module, datamodule, evaluation, output_dir, stop))
         if trainer.is_global_zero and metrics:
             print_results_table(metrics, title=[
                 f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",

@@ -15,7 +15,7 @@ Off by default, which keeps Yang et al.'s protocol. ``select_best=test`` is refu
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +77,17 @@ def best_checkpoint(trainer) -> tuple[Path, float] | None:
     return None
 
 
-def evaluate_best(trainer, module, datamodule, evaluation, output_dir: os.PathLike | str, stop=None) -> dict[str, Any] | None:
+def evaluate_best(trainer, module, evaluation, measure: Callable[[], None]) -> dict[str, Any] | None:
     """Load the best checkpoint into ``module``, measure it on test like the final model, add ``best`` to results.json.
 
-    Call after the final model's evaluation (results.json holds its numbers). The module keeps the best
-    weights afterwards; the final ones stay in ``checkpoints/last.ckpt``.
+    ``measure`` is the final model's test pass (robustlip-train's ``final_evaluation``), run again on the
+    best weights. Call after the final model's evaluation (results.json holds its numbers). The module keeps
+    the best weights afterwards; the final ones stay in ``checkpoints/last.ckpt``.
     """
     import json
 
     from robustlip.runs.checkpoints import load_checkpoint
     from robustlip.runs.files import write_json_atomic
-    from robustlip.train import final_evaluation
 
     found = best_checkpoint(trainer)
     results_file = evaluation.results_file
@@ -100,7 +100,7 @@ def evaluate_best(trainer, module, datamodule, evaluation, output_dir: os.PathLi
     module.load_state_dict(ckpt["state_dict"])
     evaluation.results_file = None  # the second test writes nothing itself: its numbers go into results.json's `best`
     try:
-        final_evaluation(trainer, module, datamodule, evaluation, output_dir, stop)
+        measure()
     finally:
         evaluation.results_file = results_file
     if not trainer.is_global_zero:  # the test ran on every process; one writes
