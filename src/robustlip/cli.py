@@ -361,7 +361,7 @@ def _group_options(group: str) -> list[str]:
 
 def _options_with(group: str, rest: str) -> list[str]:
     """The options of ``group`` whose config has the dotted key ``rest``."""
-    from robustlip.runs.config import config_dir
+    from robustlip.runs.config import config_dir, raw_node
 
     found = []
     for option in _group_options(group):
@@ -370,11 +370,7 @@ def _options_with(group: str, rest: str) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - an unreadable option is simply not offered
             log.debug("option %s/%s not read: %s", group, option, exc)
             continue
-        for part in rest.split("."):  # walked by hand: an interpolation (${data.eps}) must not be resolved
-            if not OmegaConf.is_dict(node) or part not in node:
-                break
-            node = node._get_node(part)
-        else:
+        if raw_node(node, rest) is not None:  # an interpolation (${data.eps}) must not be resolved
             found.append(option)
     return found
 

@@ -78,13 +78,23 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _raw(cfg: DictConfig, dotted: str) -> Any:
-    """The value at ``dotted`` as written, an interpolation left unresolved (None when absent)."""
+def raw_node(cfg: DictConfig, dotted: str) -> Any:
+    """The node at ``dotted``, reached without resolving any interpolation on the way (None when absent).
+
+    ``OmegaConf.select`` resolves what it passes (``${data.eps}``), which fails or misleads on a config that
+    is not composed yet (one option file of a group) or when the question is what the user wrote.
+    """
     node: Any = cfg
     for part in dotted.split("."):
         if not OmegaConf.is_dict(node) or part not in node:
             return None
         node = node._get_node(part)
+    return node
+
+
+def _raw(cfg: DictConfig, dotted: str) -> Any:
+    """The value at ``dotted`` as written, an interpolation left unresolved (None when absent)."""
+    node = raw_node(cfg, dotted)
     return node._value() if hasattr(node, "_value") else node
 
 
