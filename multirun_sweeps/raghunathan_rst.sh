@@ -14,7 +14,7 @@ if [[ ! -f "$TEACHER" ]]; then echo "!! no teacher checkpoint at $TEACHER" >&2; 
 # 2. AT and labelled-only RST.
 sweep raghunathan_labeled experiment=raghunathan_rst objective=at,rst
 # 3. RST with the unlabeled pool: 64 labeled + 64 pseudo-labeled examples per batch.
-sweep raghunathan_unlabeled experiment=raghunathan_rst objective=rst "objective.teacher_ckpt=$TEACHER" \
+sweep raghunathan_unlabeled experiment=raghunathan_rst objective=rst "self_training.teacher_ckpt=$TEACHER" \
   data.unlabeled=true data.batch_size=128
 report "${SWEEP_DIRS[0]}/report" "RST with unlabeled data (Fashion-MNIST, 1,000 labels, eps=0.1)"
 exit $STATUS

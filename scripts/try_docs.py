@@ -246,7 +246,7 @@ class Runner:
         out = []
         for arg in args:
             key = arg.split("=", 1)[0]
-            if key in ("ckpt_path", "objective.teacher_ckpt") and ("..." in arg or "<" in arg):
+            if key in ("ckpt_path", "self_training.teacher_ckpt") and ("..." in arg or "<" in arg):
                 # The first training run of the docs is a natural digits run: a checkpoint and a teacher.
                 if self.checkpoint is None:
                     raise LookupError("no checkpoint yet: no training run of these docs has finished before this command")

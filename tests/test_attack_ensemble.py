@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from robustlip.attacks import PGD, AutoAttack
 from robustlip.callbacks import RobustEvaluation
+from robustlip.core.errors import ConfigError
 from robustlip.evaluate import evaluate
 from robustlip.evaluation import GradientMaskingWarning
 from robustlip.evaluation.batches import seeded_subset
@@ -28,7 +29,6 @@ from robustlip.evaluation.streams import seeded
 from robustlip.metrics import LocalLipschitz
 from robustlip.metrics.intervals import wilson_interval
 from robustlip.module import CheckpointedNet
-from robustlip.runs.errors import ConfigError
 from robustlip.train import train
 from tests.conftest import FAST, compose_train_cfg
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread

@@ -18,7 +18,7 @@ from robustlip.attacks import (
     MultiTargeted,
     make_threat,
 )
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 
 EPS = {"inf": 0.1, "2": 0.5}
 

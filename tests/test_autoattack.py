@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from robustlip.attacks import PGD, AutoAttack
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 from tests.test_attacks import ModeRecorder, batch_with_box_edges, small_net
 
 EPS = 0.1

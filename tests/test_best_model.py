@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 
 from robustlip.callbacks.robust_evaluation import RobustEvaluation
+from robustlip.core.errors import ConfigError
 from robustlip.evaluate import evaluate
 from robustlip.runs.best_model import check_select_best
-from robustlip.runs.errors import ConfigError
 from robustlip.train import train
 from tests.conftest import compose_train_cfg
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread

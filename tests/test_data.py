@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
+from robustlip.core.errors import ConfigError
 from robustlip.data import (
     CIFAR10DataModule,
     FashionMNISTDataModule,
@@ -20,7 +21,6 @@ from robustlip.data import (
     TsiprasDataModule,
 )
 from robustlip.data.restricted_imagenet import SUPERCLASS_RANGES, SUPERCLASSES, wnid_to_superclass
-from robustlip.runs.errors import ConfigError
 from tests._fake_datasets import fake_wnids, relax_md5, write_cifar10, write_idx, write_image_tree, write_svhn
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -15,10 +15,10 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from robustlip.core.errors import ConfigError
 from robustlip.data import DigitsDataModule, MNISTDataModule, TsiprasDataModule
 from robustlip.data.base import dataset_labels
 from robustlip.runs.config import config_dir, instantiate_group
-from robustlip.runs.errors import ConfigError
 from tests._fake_datasets import write_idx
 
 DATA_CONFIGS = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))

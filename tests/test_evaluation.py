@@ -106,7 +106,7 @@ def test_the_training_set_has_its_own_budget_bounded_for_expensive_attacks(train
     assert "test: 20 points of 96 (seeded subset)" in text
     assert len(expensive.plan(datamodule, n_examples=20, train_examples=None).loaders["train"].dataset) == 32
     assert len(expensive.plan(datamodule, train_examples=8).loaders["train"].dataset) == 8
-    from robustlip.runs.errors import ConfigError
+    from robustlip.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^train_examples=33 is not allowed; the train set has 32 examples"):
         expensive.plan(datamodule, train_examples=33)

@@ -193,8 +193,8 @@ def test_an_attack_without_variants_skips_the_checks_that_need_them_and_refuses_
 
     from omegaconf import open_dict
 
+    from robustlip.core.errors import ConfigError
     from robustlip.evaluate import evaluate
-    from robustlip.runs.errors import ConfigError
     from tests.conftest import compose_train_cfg
 
     def cfg(*overrides: str):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from robustlip.core.errors import ConfigError
 from robustlip.metrics import LocalLipschitz, SumState
 from robustlip.metrics.lipschitz import INIT_STD, lipschitz_ratio
-from robustlip.runs.errors import ConfigError
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from robustlip.core.errors import ConfigError
 from robustlip.runs.config import config_dir, instantiate_group
-from robustlip.runs.errors import ConfigError
 from robustlip.runs.resolvers import mean_loss_lr, mean_loss_weight_decay
 
 TABLE_PRESETS = sorted(p.stem for p in (config_dir() / "experiment").glob("table*.yaml"))

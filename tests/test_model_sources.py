@@ -18,9 +18,9 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
+from robustlip.core.errors import ConfigError
 from robustlip.evaluate import evaluate
 from robustlip.runs.checkpoints import CheckpointError
-from robustlip.runs.errors import ConfigError
 from tests._fake_datasets import relax_md5, write_cifar10
 from tests.conftest import compose_train_cfg, error_lines, run_cli
 

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from robustlip.attacks import linearity_gap
+from robustlip.core.errors import ConfigError
 from robustlip.objectives import (
     RST,
     TRADES,
@@ -29,7 +30,6 @@ from robustlip.objectives import (
     Natural,
     Objective,
 )
-from robustlip.runs.errors import ConfigError
 from robustlip.train import train
 from tests.conftest import FAST
 from tests.test_attacks import ModeRecorder, interior_linear_problem

@@ -25,8 +25,8 @@ from torch import nn
 
 from robustlip.attacks import FGSM, PGD
 from robustlip.callbacks.performance import PerformanceSwitches, apply_switches, is_compiled, target_network
+from robustlip.core.errors import ConfigError
 from robustlip.models import DigitsCNN
-from robustlip.runs.errors import ConfigError
 from robustlip.train import train
 from tests.conftest import FAST
 

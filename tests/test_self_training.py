@@ -1,4 +1,4 @@
-"""Robust self-training with unlabeled data (objective=rst objective.teacher_ckpt=..., data.unlabeled): the pool,
+"""Robust self-training with unlabeled data (objective=rst self_training.teacher_ckpt=..., data.unlabeled): the pool,
 the batch mixing, the teacher's pseudo-labels and their cache, and the checks on the teacher."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from robustlip.core.errors import ConfigError
 from robustlip.data import DigitsDataModule
 from robustlip.data.base import dataset_labels
 from robustlip.data.unlabeled import MixedBatchSampler, pseudo_label
 from robustlip.models import MLP
 from robustlip.objectives import RST
 from robustlip.runs.checkpoints import CheckpointError
-from robustlip.runs.errors import ConfigError
 from robustlip.runs.self_training import CACHE_FILE, prepare_self_training
 from robustlip.train import main, train
 from tests.conftest import FAST
@@ -101,10 +101,10 @@ def test_mixed_loader_serves_pseudo_labels_for_the_pool():
 
 
 def test_unsup_fraction_that_leaves_no_label_is_refused():
-    with pytest.raises(ConfigError, match=r"^objective.unsup_fraction=0.99 leaves no labeled example"):
+    with pytest.raises(ConfigError, match=r"^self_training.unsup_fraction=0.99 leaves no labeled example"):
         MixedBatchSampler(100, 100, 10, 0.99)
-    with pytest.raises(ConfigError, match=r"^objective.unsup_fraction=1.0 is not allowed"):
-        RST(eps=0.1, unsup_fraction=1.0)
+    with pytest.raises(ConfigError, match=r"^self_training.unsup_fraction=1.0 is not allowed"):
+        prepare_self_training(_digits(train_size=200, unlabeled=True), "unused", "teacher.ckpt", unsup_fraction=1.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def _teacher_ckpt(path: Path, data: dict, dropout: float = 0.0, seed: int = 0) -
 def test_pseudo_labels_are_the_teachers_eval_mode_predictions_cached_beside_the_run(tmp_path):
     teacher = _teacher_ckpt(tmp_path / "teacher.ckpt", {}, dropout=0.5)
     dm = _digits(train_size=200, unlabeled=True)
-    summary = prepare_self_training(RST(eps=0.1, teacher_ckpt=str(teacher)), dm, tmp_path / "run")
+    summary = prepare_self_training(dm, tmp_path / "run", str(teacher))
     torch.manual_seed(0)
     net = MLP(in_features=64, hidden=(32,), dropout=0.5)
     net.load_state_dict({k[4:]: v for k, v in torch.load(teacher, weights_only=True)["state_dict"].items()})
@@ -194,11 +194,10 @@ def test_pseudo_labels_are_the_teachers_eval_mode_predictions_cached_beside_the_
         100.0 * float((expected == dataset_labels(dm.unlabeled_eval_set)).double().mean()))
     # The same teacher and pool again (a resumed run): the cache is reused ...
     dm2 = _digits(train_size=200, unlabeled=True)
-    assert prepare_self_training(RST(eps=0.1, teacher_ckpt=str(teacher)), dm2, tmp_path / "run")["reused_cache"]
+    assert prepare_self_training(dm2, tmp_path / "run", str(teacher))["reused_cache"]
     # ... another teacher file is labeled afresh.
     other = _teacher_ckpt(tmp_path / "other.ckpt", {}, seed=1)
-    summary = prepare_self_training(RST(eps=0.1, teacher_ckpt=str(other)), _digits(train_size=200, unlabeled=True),
-                                    tmp_path / "run")
+    summary = prepare_self_training(_digits(train_size=200, unlabeled=True), tmp_path / "run", str(other))
     assert not summary["reused_cache"]
 
 
@@ -209,21 +208,21 @@ def test_pseudo_labels_are_the_teachers_eval_mode_predictions_cached_beside_the_
 def test_teacher_of_another_dataset_or_number_of_classes_is_one_line(tmp_path, data, named):
     teacher = _teacher_ckpt(tmp_path / "teacher.ckpt", data)
     with pytest.raises(CheckpointError) as info:
-        prepare_self_training(RST(eps=0.1, teacher_ckpt=str(teacher)), _digits(train_size=200, unlabeled=True), tmp_path)
+        prepare_self_training(_digits(train_size=200, unlabeled=True), tmp_path, str(teacher))
     message = str(info.value)
-    assert message.startswith(f"objective.teacher_ckpt='{teacher}' {named}") and "\n" not in message
+    assert message.startswith(f"self_training.teacher_ckpt='{teacher}' {named}") and "\n" not in message
     assert not (tmp_path / CACHE_FILE).exists()
 
 
 def test_teacher_without_a_pool_is_one_line(tmp_path):
     teacher = _teacher_ckpt(tmp_path / "teacher.ckpt", {})
-    with pytest.raises(ConfigError, match=r"^objective.teacher_ckpt=.* needs an unlabeled pool"):
-        prepare_self_training(RST(eps=0.1, teacher_ckpt=str(teacher)), _digits(train_size=200), tmp_path)
+    with pytest.raises(ConfigError, match=r"^self_training.teacher_ckpt=.* needs an unlabeled pool"):
+        prepare_self_training(_digits(train_size=200), tmp_path, str(teacher))
 
 
 def test_rst_with_unlabeled_data_trains_end_to_end(train_cfg, tmp_path):
     teacher = _teacher_ckpt(tmp_path / "teacher.ckpt", {})
-    cfg = train_cfg([*FAST, "objective=rst", f"objective.teacher_ckpt={teacher}", "data.train_size=200",
+    cfg = train_cfg([*FAST, "objective=rst", f"self_training.teacher_ckpt={teacher}", "data.train_size=200",
                      "data.unlabeled=true", "data.test_size=32", "model=mlp"])
     metrics = train(cfg)
     assert 0.0 <= metrics["test/adv_acc"] <= metrics["test/acc"] <= 100.0
@@ -232,13 +231,13 @@ def test_rst_with_unlabeled_data_trains_end_to_end(train_cfg, tmp_path):
 
 def test_wrong_teacher_is_one_error_line_and_exit_2_before_anything_is_written(train_cfg, tmp_path, capsys):
     teacher = _teacher_ckpt(tmp_path / "teacher.ckpt", {"name": "mnist"})
-    cfg = train_cfg(["objective=rst", f"objective.teacher_ckpt={teacher}", "data.train_size=200", "data.unlabeled=true"])
+    cfg = train_cfg(["objective=rst", f"self_training.teacher_ckpt={teacher}", "data.train_size=200", "data.unlabeled=true"])
     with pytest.raises(SystemExit) as info:
         main(cfg)
     assert info.value.code == 2
     # Only the error lines: logging handlers left behind by other tests may write to stderr too.
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert errors == [
-        (f"error: objective.teacher_ckpt='{teacher}' is a teacher for data.name='mnist' but this run has "
+        (f"error: self_training.teacher_ckpt='{teacher}' is a teacher for data.name='mnist' but this run has "
          "data.name='digits'; use a checkpoint trained on data.name='digits'")]
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / CACHE_FILE).exists()

@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 from torchvision.transforms import v2
 
+from robustlip.core.errors import ConfigError
 from robustlip.data.arrays import load_arrays, raw_storage
 from robustlip.metrics.separation import (
     _common_inputs,
@@ -28,7 +29,6 @@ from robustlip.metrics.separation import (
     summarize,
     to_grid,
 )
-from robustlip.runs.errors import ConfigError
 from robustlip.separation import separation
 from tests.conftest import compose_train_cfg
 

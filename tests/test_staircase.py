@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 from robustlip.staircase import staircase as run_staircase
 from robustlip.theory.staircase import Staircase, constrained_lstsq, second_difference_penalty, sweep
 

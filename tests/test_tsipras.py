@@ -15,10 +15,10 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
+from robustlip.core.errors import ConfigError
 from robustlip.data import TsiprasDataModule
 from robustlip.metrics.correlation import pixel_label_correlation
 from robustlip.metrics.linear import affine_map, binary_weights
-from robustlip.runs.errors import ConfigError
 from robustlip.theory.tsipras import (
     TsiprasSetting,
     averaging_robust_accuracy,

@@ -35,16 +35,13 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from robustlip.core.errors import exit_code, print_error
+
 log = logging.getLogger(__name__)
 
 #: conf/ ships inside the package as `robustlip.conf`; this reaches it in a checkout and when installed.
 CONFIG_PATH = "pkg://robustlip.conf"
 EXIT_BAD_INPUT = 2
-
-
-def print_error(message: str) -> None:
-    """One ``error:`` line on stderr (whitespace and newlines of the message folded)."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def plain_help(doc: str | None) -> str:
@@ -54,12 +51,6 @@ def plain_help(doc: str | None) -> str:
     text = (doc or "").strip()
     text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
     return text.replace("``", "")
-
-
-def exit_code(exc: BaseException) -> int | None:
-    """The exit code of a known failure (its class's ``exit_code``), None for an unknown one."""
-    code = getattr(exc, "exit_code", None)
-    return code if isinstance(code, int) else None
 
 
 def _multirun() -> bool:

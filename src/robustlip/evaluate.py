@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrides
-from robustlip.runs.config import config_dir, instantiate_attacks, instantiate_group, save_resolved_config
-from robustlip.runs.errors import (
+from robustlip.core.errors import (
     ConfigError,
     RunInterrupted,
-    check_attack_eps,
     check_choice,
     check_integer,
     check_non_negative,
 )
+from robustlip.runs.config import config_dir, instantiate_attacks, instantiate_group, save_resolved_config
+from robustlip.runs.setup import build_attack, prepare_data
 
 if TYPE_CHECKING:
     from robustlip.evaluation import EvalResult, Evaluator
@@ -147,7 +147,8 @@ def _record(cfg: DictConfig, setup: DictConfig, loaded: LoadedModel) -> DictConf
            for key in ("ckpt_path", "evaluate_train", "allow_eps_mismatch", "allow_data_mismatch", "eps_sweep", "sanity",
                        "n_examples", "subset", "train_examples", "attack_gap_warning", "device", "precision")
            if key in cfg}
-    trained = {key: loaded.train_config.get(key) for key in ("model", "objective") if loaded.train_config.get(key)}
+    trained = {key: loaded.train_config.get(key) for key in ("model", "objective", "self_training")
+               if loaded.train_config.get(key)}
     if "model" not in trained and loaded.architecture:
         trained["model"] = {"_target_": loaded.architecture}  # robustlip-report's tables are per dataset and network
     evaluated = {"evaluated_model": {"label": loaded.label, **loaded.description}}
@@ -158,12 +159,11 @@ def build_attacks(cfg: DictConfig, setup: DictConfig) -> Any:
     """The evaluation's attack (or attacks by name); an ε other than ``data.eps`` only with ``allow_eps_mismatch``."""
     if setup.attacks:
         return instantiate_attacks(setup)
-    attack = instantiate_group(setup, "attack") if setup.attack is not None else None
-    if attack is not None and attack.eps is not None:
-        # Without data=..., the checkpoint's data is used: its ε moves with +patch.data.eps.
-        data_key = "data.eps" if cfg.get("data") is not None else "+patch.data.eps"
-        check_attack_eps(attack.eps, setup.data.eps, bool(cfg.get("allow_eps_mismatch", False)), data_key=data_key)
-    return attack
+    if setup.attack is None:
+        return None
+    # Without data=..., the checkpoint's data is used: its ε moves with +patch.data.eps.
+    return build_attack(setup, bool(cfg.get("allow_eps_mismatch", False)),
+                        data_key="data.eps" if cfg.get("data") is not None else "+patch.data.eps")
 
 
 def build_probes(cfg: DictConfig) -> list[Any]:
@@ -216,11 +216,10 @@ def _identity(overrides: list[str]) -> list[str]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate the model of ``cfg.source`` as ``cfg`` says; returns the metrics (also in ``results.json``)."""
+    from robustlip.core.signals import stop_requests
     from robustlip.evaluation import EvaluationStopped, Evaluator
     from robustlip.evaluation.evaluator import resolve_device
     from robustlip.runs.checkpoints import check_same_data
-    from robustlip.runs.signals import stop_requests
-    from robustlip.train import prepare_data
 
     if cfg.get("seed") is not None:
         check_integer("seed", cfg.seed)
@@ -292,7 +291,7 @@ def _command() -> str:
 def write_robustbench_card(result: EvalResult, output_dir: Path, setup: DictConfig, loaded: LoadedModel,
                            subset: str) -> Path | None:
     """robustbench.json beside results.json when an AutoAttack ran: RobustBench's model card and our intervals."""
-    from robustlip.runs.files import write_json_atomic
+    from robustlip.core.files import write_json_atomic
 
     _, attack = result.adversarial_key()
     if attack in ("attack", "worst case"):
@@ -310,8 +309,8 @@ def write_robustbench_card(result: EvalResult, output_dir: Path, setup: DictConf
 def report(result: EvalResult, loaded: LoadedModel, setup: DictConfig, evaluator: Evaluator, transfer: str | None,
            output_dir: Path) -> None:
     """The console table (titled with the model, the data and the attack), the sanity verdict, the files written."""
+    from robustlip.core.files import print_written
     from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
-    from robustlip.runs.files import print_written
 
     attacks = evaluator.attacks if evaluator.ensemble else next(iter(evaluator.attacks.values()), None)
     attack = evaluation_attack_label(attacks, setup.data.get("eps"))

@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robustlip.core.files import write_text_atomic
 from robustlip.reporting import best_final, comparison
 from robustlip.reporting.plots import write_parity_plots, write_plots
 from robustlip.reporting.references import load_references
@@ -37,7 +38,6 @@ from robustlip.reporting.tables import (
     write_csv,
 )
 from robustlip.runs.config import config_dir
-from robustlip.runs.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.optim.lr_scheduler import MultiStepLR
 
-from robustlip.runs.errors import check_positive_int
+from robustlip.core.errors import check_positive_int
 
 # (largest number of epochs, milestones) from the authors' `get_scheduler`, in order.
 _MILESTONES: tuple[tuple[int, list[int]], ...] = (

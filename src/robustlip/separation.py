@@ -26,9 +26,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from robustlip.cli import entry_point
+from robustlip.core.files import write_json_atomic
 from robustlip.runs.config import save_resolved_config
-from robustlip.runs.files import write_json_atomic
 from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb
+from robustlip.runs.setup import prepare_data
 
 # numpy, numba, torch and matplotlib are imported inside `separation`, so that `robustlip-separation --help`
 # and a config error answer without loading them (docs/performance.md).
@@ -49,7 +50,6 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
         summarize,
     )
     from robustlip.reporting.separation_figures import plot_histogram, plot_pairs, print_separation_table
-    from robustlip.train import prepare_data
 
     check_loggers(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -108,7 +108,7 @@ def separation(cfg: DictConfig) -> dict[str, Any]:
     write_json_atomic(output_dir / "separation.json", payload)
     print_separation_table(payload)
     _log_to_loggers(loggers, payload, output_dir)
-    from robustlip.runs.files import print_written
+    from robustlip.core.files import print_written
 
     print_written(output_dir)
     return payload

@@ -28,10 +28,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from robustlip.cli import entry_point
+from robustlip.core.errors import ConfigError, check_positive_int, check_writable_dir
+from robustlip.core.files import atomic_write, print_written, write_json_atomic
 from robustlip.reporting.staircase_figures import plot_errors, plot_fits, print_staircase_table
 from robustlip.runs.config import instantiate_group, save_resolved_config
-from robustlip.runs.errors import ConfigError, check_positive_int, check_writable_dir
-from robustlip.runs.files import atomic_write, print_written, write_json_atomic
 from robustlip.runs.loggers import build_loggers, finish_wandb
 from robustlip.theory.staircase import ESTIMATORS, Staircase, sweep
 

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustlip.cli import entry_point, move_run_dir, run_dir_given, task_overrides
+from robustlip.core.errors import ConfigError, RunInterrupted, check_writable_dir
 from robustlip.runs.config import instantiate_attacks, instantiate_group, save_resolved_config, to_plain_dict
-from robustlip.runs.errors import ConfigError, RunInterrupted, check_attack_eps, check_writable_dir
 from robustlip.runs.loggers import build_loggers, check_loggers, finish_wandb, keep_csv_history
 from robustlip.runs.quiet import silence_known_noise
+from robustlip.runs.setup import build_attack, prepare_data
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -59,14 +60,6 @@ def _uses_run_attack(node: DictConfig) -> bool:
     return "attack" in node and OmegaConf.to_container(node, resolve=False)["attack"] == "${attack}"
 
 
-def build_attack(cfg: DictConfig):
-    """The evaluation attack of ``cfg.attack``; its ε must be ``data.eps`` unless ``allow_eps_mismatch=true``."""
-    attack = instantiate_group(cfg, "attack")
-    if hasattr(attack, "eps"):
-        check_attack_eps(attack.eps, cfg.data.eps, bool(cfg.get("allow_eps_mismatch", False)))
-    return attack
-
-
 def _uses_run_attacks(node: DictConfig) -> bool:
     """Whether a callback's ``attacks`` are the run's ``attacks=[...]``, then built as ``attacks.<name>``."""
     return "attacks" in node and OmegaConf.to_container(node, resolve=False)["attacks"] == "${oc.select:attacks,null}"
@@ -89,7 +82,7 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
             continue
         if name == "progress_bar" and not cfg.trainer.get("enable_progress_bar", True):
             continue  # trainer.enable_progress_bar=false alone turns the bar off (Lightning refuses a bar callback then)
-        extra = {"attack": build_attack(cfg)} if _uses_run_attack(node) else {}
+        extra = {"attack": build_attack(cfg, bool(cfg.get("allow_eps_mismatch", False)))} if _uses_run_attack(node) else {}
         if _uses_run_attacks(node):
             extra["attacks"] = instantiate_attacks(cfg)
         callbacks.append(instantiate_group(cfg, f"callbacks.{name}", **extra))
@@ -97,18 +90,6 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     if perf is not None and perf.get("_target_"):
         callbacks.append(instantiate_group(cfg, "perf"))
     return callbacks
-
-
-def prepare_data(cfg: DictConfig) -> pl.LightningDataModule:
-    """Build the DataModule and load its splits now, so a missing dataset fails before anything is written."""
-    datamodule = instantiate_group(cfg, "data")
-    try:
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-            datamodule.prepare_data()
-        datamodule.setup("fit")
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ConfigError(f"data.data_dir={str(cfg.data.get('data_dir'))!r}: {exc}") from exc
-    return datamodule
 
 
 def check_optimizer(module: RobustClassifier) -> None:
@@ -173,8 +154,8 @@ def precheck(cfg: DictConfig) -> None:
     make the common mistakes answer fast: a non-integer seed, an ℓ∞ radius outside the pixel range (named
     by the key that was set: ``data.eps`` when ``attack.eps`` follows it), a negative learning rate.
     """
+    from robustlip.core.errors import check_integer, check_linf_eps, check_non_negative
     from robustlip.runs.config import name_the_source
-    from robustlip.runs.errors import check_integer, check_linf_eps, check_non_negative
 
     check_integer("seed", cfg.get("seed"))
     for group in ("attack", "objective"):
@@ -225,7 +206,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.callbacks.resume import SignalStop
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
-    from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
+    from robustlip.reporting.tables import (
+        evaluation_attack_label,
+        lipschitz_note,
+        print_results_table,
+        with_unlabeled,
+    )
     from robustlip.runs.best_model import check_select_best, evaluate_best
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
@@ -253,10 +239,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_optimizer(module)
     if ckpt_path is not None:
         check_compatible(ckpt, cfg, module, path=ckpt_path)
-    # RST with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
+    # Self-training with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
     from robustlip.runs.self_training import prepare_self_training
 
-    prepare_self_training(module.objective, datamodule, output_dir)
+    self_training = cfg.get("self_training") or {}
+    prepare_self_training(datamodule, output_dir, self_training.get("teacher_ckpt"), self_training.get("unsup_fraction", 0.5))
     callbacks = build_callbacks(cfg)
     stop = SignalStop()
     loggers = build_loggers(cfg)
@@ -292,7 +279,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     trainer, module, datamodule, evaluation, output_dir, stop))
         if trainer.is_global_zero and metrics:
             print_results_table(metrics, title=[
-                f"{module.objective.label} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",
+                f"{with_unlabeled(module.objective.label, self_training.get('teacher_ckpt'))} · {cfg.data.name} · attack {evaluation_attack_label(evaluation.attacks or evaluation.attack if evaluation else None, cfg.data.eps)}",
                 f"run: {output_dir.resolve()}",
                 *filter(None, [lipschitz_note(getattr(evaluation, "lipschitz", None))]),
             ], warnings=warnings, uncertainty=uncertainty)
@@ -310,19 +297,19 @@ def fit(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningD
     """``trainer.fit``, with its known failures told in one line each: where the state is, how to go on."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from robustlip.callbacks.resume import EXIT_CODES, ResumeCheckpoint
+    from robustlip.callbacks.resume import ResumeCheckpoint
     from robustlip.module import NonFiniteLossError
     from robustlip.runs.checkpoints import last_checkpoint
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        name = stop.stopped_by() if stop is not None else "SIGTERM"
+        name, code = _stopped_by(stop)
         saver = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
         where = f" at {saver.position}" if saver is not None and saver.position else ""
         raise RunInterrupted(
             f"interrupted by {name}{where}; the training state was saved to {last_checkpoint(output_dir)}. "
-            f"Resume with: {resume_command(output_dir)}", exit_code=EXIT_CODES[name],
+            f"Resume with: {resume_command(output_dir)}", exit_code=code,
         ) from None
     except NonFiniteLossError as exc:
         last = last_checkpoint(output_dir)
@@ -330,18 +317,25 @@ def fit(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningD
         raise type(exc)(f"{exc}{kept}") from exc
 
 
+def _stopped_by(stop) -> tuple[str, int]:
+    """The signal that stopped the Trainer and the exit status it gives (SIGTERM, Lightning's own, without a SignalStop)."""
+    from robustlip.core.signals import EXIT_CODES
+
+    name = stop.stopped_by() if stop is not None else "SIGTERM"
+    return name, EXIT_CODES[name]
+
+
 def final_evaluation(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningDataModule,
                      evaluation, output_dir: os.PathLike | str, stop=None) -> None:
     """``trainer.test``; a SIGTERM or Ctrl-C stops it at the next batch, keeps what was measured and says how to finish."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from robustlip.callbacks.resume import EXIT_CODES
     from robustlip.runs.checkpoints import last_checkpoint
 
     try:
         trainer.test(module, datamodule=datamodule, verbose=False)
     except SIGTERMException:
-        name = stop.stopped_by() if stop is not None else "SIGTERM"
+        name, code = _stopped_by(stop)
         last = last_checkpoint(output_dir).resolve()
         partial = evaluation.partial_results_file() if evaluation is not None else None
         measured = ", ".join(f"{n} {split} examples" for split, n in (evaluation.partial or {}).get("examples", {}).items()) \
@@ -350,7 +344,7 @@ def final_evaluation(trainer: pl.Trainer, module: RobustClassifier, datamodule: 
         raise RunInterrupted(
             f"interrupted by {name} during the final evaluation; training had finished and the final model is {last}"
             f"{kept}. Finish the evaluation with: {shlex.join(['robustlip-eval', f'ckpt_path={last}', 'sanity=null'])}",
-            exit_code=EXIT_CODES[name],
+            exit_code=code,
         ) from None
 
 

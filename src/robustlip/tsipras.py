@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from robustlip.cli import plain_help, print_error
+from robustlip.cli import plain_help
+from robustlip.core.errors import print_error
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,8 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(plain_help(__doc__))
         return 0
+    from robustlip.core.files import write_text_atomic
     from robustlip.reporting.tsipras import REPORTS, ReportError
-    from robustlip.runs.files import write_text_atomic
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     what, rest = argv[0], argv[1:]

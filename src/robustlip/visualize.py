@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from robustlip.cli import entry_point
-from robustlip.runs.errors import (
+from robustlip.core.errors import (
     ConfigError,
     check_choice,
     check_integer,
@@ -179,10 +179,10 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     """Write the chosen figures for ``cfg.ckpt_path`` into the run dir; returns what visualize.json holds."""
     from hydra.utils import instantiate
 
+    from robustlip.core.files import write_json_atomic
     from robustlip.reporting.image_grids import save_grid
     from robustlip.runs.checkpoints import checkpoint_config, load_checkpoint, net_from_checkpoint
     from robustlip.runs.config import save_resolved_config
-    from robustlip.runs.files import write_json_atomic
 
     what, attack = _check(cfg)
     import torch

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack
 from robustlip.attacks.threat import NORM_SPELLINGS
-from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.core.errors import ConfigError, check_choice, check_non_negative, check_positive_int
 
 VERSIONS = ("standard", "plus", "rand", "custom")
 #: The attacks the official code knows, for ``version=custom``.

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from robustlip.attacks.threat import canonical_norm
-from robustlip.runs.errors import check_choice
+from robustlip.core.errors import check_choice
 
 if TYPE_CHECKING:
     from robustlip.attacks.threat import ThreatModel

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from robustlip.attacks.base import Attack, input_gradient
 from robustlip.attacks.threat import ThreatModel, make_threat
-from robustlip.runs.errors import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.core.errors import ConfigError, check_choice, check_non_negative, check_positive_int
 
 #: How far (in units of ε) the steps of one run may travel in total, when no step size is given.
 DEFAULT_TOTAL_TRAVEL = 2.0

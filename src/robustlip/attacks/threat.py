@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from robustlip.runs.errors import check_choice, check_linf_eps, check_non_negative
+from robustlip.core.errors import check_choice, check_linf_eps, check_non_negative
 
 NORMS = ("inf", "2")
 

@@ -19,7 +19,7 @@ import copy
 
 from robustlip.attacks.base import Attack
 from robustlip.attacks.pgd import FGSM
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 
 #: What each variant needs on the attack that holds the search (``Attack.search``), by its declared knobs.
 NEEDS = {"eps": ("threat", "step_size"), "steps": ("steps",), "fgsm": ("threat",)}

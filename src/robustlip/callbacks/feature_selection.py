@@ -19,8 +19,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from robustlip.core.errors import ConfigError
 from robustlip.metrics.correlation import pixel_label_correlation
-from robustlip.runs.errors import ConfigError
 from robustlip.runs.results import add_results_section
 
 log = logging.getLogger(__name__)

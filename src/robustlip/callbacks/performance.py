@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from robustlip.runs.errors import ConfigError, check_choice
+from robustlip.core.errors import ConfigError, check_choice
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MATMUL_PRECISIONS = (None, "highest", "high", "medium")

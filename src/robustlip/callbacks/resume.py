@@ -22,20 +22,15 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
-import threading
 from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from robustlip.core.signals import EXIT_CODES, StopRequest
 from robustlip.runs.checkpoints import last_checkpoint
 
 log = logging.getLogger(__name__)
-
-#: Exit status of a command stopped by a signal: 128 + the signal number (the shell's convention).
-EXIT_CODES = {"SIGINT": 128 + signal.SIGINT, "SIGTERM": 128 + signal.SIGTERM}
-
 
 class SignalStop(pl.Callback):
     """The first Ctrl-C (SIGINT) asks the Trainer to stop at the end of the current batch, as SIGTERM does.
@@ -43,49 +38,41 @@ class SignalStop(pl.Callback):
     The request sets the flag Lightning's SIGTERM handler sets, so the stop takes the same, tested path:
     ``SIGTERMException`` at the batch boundary, :class:`ResumeCheckpoint` saves. A second Ctrl-C aborts
     at once (Python's ``KeyboardInterrupt``), saving nothing. ``signal_name`` says which signal stopped
-    the run (None: none this callback saw, i.e. SIGTERM if the Trainer stopped on one).
+    the run (None: none this callback saw, i.e. SIGTERM if the Trainer stopped on one). The handling is
+    :class:`robustlip.core.signals.StopRequest`'s, as in robustlip-eval.
     """
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous = None
-        self._installed = False
+        self.request: StopRequest | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        self.signal_name = None
-        self._previous = signal.getsignal(signal.SIGINT)
-        if self._previous == signal.SIG_IGN:
-            return  # started with Ctrl-C ignored (a background job of a script, nohup): keep it so
-
-        def request_stop(signum, frame) -> None:
-            if self.signal_name == "SIGINT":  # the second Ctrl-C: abort now
-                self._restore()
-                raise KeyboardInterrupt
-            self.signal_name = "SIGINT"
+        def raise_lightnings_flag() -> None:
             # The flag Lightning's own SIGTERM handler sets; its loops raise SIGTERMException at the batch end.
             trainer._signal_connector.received_sigterm = True
-            print("\nSIGINT: stopping at the end of this batch and saving (Ctrl-C again to abort without saving)",
-                  file=sys.stderr, flush=True)
 
-        signal.signal(signal.SIGINT, request_stop)
-        self._installed = True
-
-    def _restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.default_int_handler)
-            self._installed = False
+        self.request = StopRequest("stopping at the end of this batch and saving", "abort without saving",
+                                   on_request=raise_lightnings_flag)
+        self.request.install((signal.SIGINT,))  # SIGTERM is Lightning's own
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore()
+        if self.request is not None:
+            self.request.restore()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()  # Lightning skips the teardown hooks when a loop raises
+        self.teardown(trainer, pl_module, "")  # Lightning skips the teardown hooks when a loop raises
+
+    @property
+    def signal_name(self) -> str | None:
+        return self.request.signal_name if self.request is not None else None
 
     def stopped_by(self) -> str:
         """The signal that stopped the Trainer: SIGINT if this callback saw one, else SIGTERM."""
         return self.signal_name or "SIGTERM"
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the number of the signal that stopped the Trainer (the shell's convention)."""
+        return EXIT_CODES[self.stopped_by()]
 
 
 class ResumeCheckpoint(pl.Callback):

@@ -34,6 +34,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from robustlip.attacks.base import Attack
+from robustlip.core.errors import ConfigError, check_positive_int
+from robustlip.core.files import write_json_atomic
 from robustlip.evaluation.batches import seeded_subset
 from robustlip.evaluation.evaluator import EvaluationStopped, Evaluator, Session, outside_inference_mode
 from robustlip.evaluation.probes import Probe
@@ -41,8 +43,6 @@ from robustlip.evaluation.result import EvalResult
 from robustlip.evaluation.streams import seeded
 from robustlip.metrics.accuracy import CorrectFraction
 from robustlip.metrics.base import ExampleMetric
-from robustlip.runs.errors import ConfigError, check_positive_int
-from robustlip.runs.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 

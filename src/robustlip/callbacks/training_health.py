@@ -17,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from robustlip.core.fidelity import fidelity_named
 from robustlip.runs.results import chance_band
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class TrainingHealth(pl.Callback):
     def __init__(self, num_classes: int, fidelity: str = "paper", lr: float | None = None,
                  batch_size: int | None = None, explode_factor: float = 10.0) -> None:
         self.num_classes = int(num_classes)
-        self.fidelity = str(fidelity)
+        self.fidelity = fidelity_named(fidelity)
         self.lr = None if lr is None else float(lr)
         self.batch_size = None if batch_size is None else int(batch_size)
         self.explode_factor = float(explode_factor)
@@ -93,7 +94,7 @@ class TrainingHealth(pl.Callback):
         """The likely cause of a dead run and its fix, from the run's own settings."""
         lr = f"optimizer.lr={self.lr:g}" if self.lr is not None else "the learning rate"
         summed_lr = None if self.lr is None or not self.batch_size else self.lr * self.batch_size
-        if self.fidelity == "faithful" and self.batch_size and (summed_lr is None or summed_lr > SUMMED_LOSS_LR_LIMIT):
+        if self.fidelity.sums_losses and self.batch_size and (summed_lr is None or summed_lr > SUMMED_LOSS_LR_LIMIT):
             smaller = f"optimizer.lr={self.lr / self.batch_size:.2g}" if self.lr is not None else "a smaller optimizer.lr"
             return (f"likely cause: fidelity=faithful sums the loss over the batch, so the gradient is {self.batch_size}x "
                     f"that of a mean and {lr} (made for mean losses) is too large; try {smaller} "

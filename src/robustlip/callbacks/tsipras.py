@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from robustlip.core.errors import ConfigError, check_non_negative
 from robustlip.metrics.linear import affine_map, binary_weights
-from robustlip.runs.errors import ConfigError, check_non_negative
 from robustlip.runs.results import add_results_section
 from robustlip.theory.tsipras import (
     TsiprasSetting,

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from robustlip.core.errors import ConfigError
 from robustlip.metrics.separation import to_grid
-from robustlip.runs.errors import ConfigError
 
 
 def load_arrays(dataset: Dataset, batch_size: int = 2048, num_workers: int = 0,

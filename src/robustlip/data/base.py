@@ -36,7 +36,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
 
-from robustlip.runs.errors import ConfigError, check_non_negative, check_positive_int
+from robustlip.core.errors import ConfigError, check_non_negative, check_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,9 @@ class RobustDataModule(pl.LightningDataModule):
         # presets and model=paper through ${data.paper.*} interpolation; the DataModule itself needs none of it.
         del paper
         self.data_dir = Path(data_dir).expanduser()
-        self.eps = check_non_negative("data.eps", eps)
+        # ``eps`` is the setting's radius, written once here in the config and read by the attack, the objective
+        # and the Lipschitz estimate through ${data.eps}; the DataModule only refuses a negative one early.
+        check_non_negative("data.eps", eps)
         self.batch_size = check_positive_int("data.batch_size", batch_size)
         self.eval_batch_size = check_positive_int("data.eval_batch_size", eval_batch_size)
         if not (isinstance(val_size, int) and val_size >= 0) and not (isinstance(val_size, float) and 0 <= val_size < 1):

@@ -47,8 +47,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision import transforms as tv1
 
+from robustlip.core.errors import ConfigError, check_choice
 from robustlip.data.base import DatasetSplits, RobustDataModule
-from robustlip.runs.errors import ConfigError, check_choice
 
 #: Super-class -> half-open range of wnid-sorted ImageNet indices (docs/authors-code.md §2).
 SUPERCLASS_RANGES: dict[str, tuple[int, int]] = {

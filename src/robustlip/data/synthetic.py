@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
+from robustlip.core.errors import ConfigError, check_positive_int, check_probability
 from robustlip.data.base import DatasetSplits, RobustDataModule
-from robustlip.runs.errors import ConfigError, check_positive_int, check_probability
 
 
 class _SyntheticDataModule(RobustDataModule):

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from robustlip.runs.errors import ConfigError, check_choice
+from robustlip.core.errors import ConfigError, check_choice
 
 #: How ``n_examples`` picks its examples: robustlip's seeded draw or RobustBench's first points.
 SUBSET_RULES = ("seeded", "first")

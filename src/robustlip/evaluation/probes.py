@@ -24,10 +24,10 @@ from torchmetrics import Metric
 
 from robustlip.attacks.base import Attack
 from robustlip.attacks.variants import unsupported, with_eps
+from robustlip.core.errors import ConfigError
+from robustlip.core.files import atomic_write
 from robustlip.metrics.accuracy import CorrectFraction
 from robustlip.reporting.plots import plot_curve
-from robustlip.runs.errors import ConfigError
-from robustlip.runs.files import atomic_write
 
 
 class Probe(nn.Module):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustlip.runs.files import write_json_atomic
+from robustlip.core.files import write_json_atomic
 from robustlip.runs.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)

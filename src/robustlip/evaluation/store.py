@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlip.runs.files import atomic_write
+from robustlip.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 

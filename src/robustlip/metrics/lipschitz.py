@@ -37,18 +37,14 @@ from torch import Tensor, nn
 
 from robustlip.attacks.base import attack_context, input_gradient, model_mode
 from robustlip.attacks.threat import canonical_norm, make_threat, norm_order
-from robustlip.fidelity import FIDELITIES
+from robustlip.core.errors import check_choice, check_non_negative, check_positive_int
+from robustlip.core.fidelity import fidelity_named
 from robustlip.metrics.base import EvalBatch, ExampleMetric
-from robustlip.runs.errors import check_choice, check_non_negative, check_positive_int
 
 #: Norms of the ratio: the paper uses ℓ1 on the logits and ℓ∞ on the inputs.
 LIPSCHITZ_NORMS = ("1", "2", "inf")
 #: ``ascent`` maximises the ratio (Eq. 3); ``descent`` is the authors' search (``lolip/utils.py`` L56-67).
 DIRECTIONS = ("ascent", "descent")
-#: The authors' code never passes a step size, so its default applies (docs/authors-code.md §7, §13.1).
-FAITHFUL_STEP_SIZE = 0.003
-#: The paper's text: "step size ε/5 and a total of 10 steps" (docs/authors-code.md §14).
-PAPER_RELATIVE_STEP = 0.2
 #: Std of the Gaussian start around x (docs/authors-code.md §7).
 INIT_STD = 1e-3
 #: Added to every coordinate of x − x' before the bottom norm (docs/authors-code.md §7).
@@ -82,16 +78,16 @@ class LocalLipschitz(ExampleMetric):
         init_std: float = INIT_STD,
         direction: str | None = None,
     ) -> None:
-        self.fidelity = check_choice("lipschitz.fidelity", fidelity, FIDELITIES)
+        self.fidelity = fidelity_named(fidelity, "lipschitz.fidelity")
         if direction is None:
-            direction = "descent" if self.fidelity == "faithful" else "ascent"
+            direction = self.fidelity.lipschitz_direction
         self.direction = check_choice("lipschitz.direction", direction, DIRECTIONS)
         self.bottom = norm_order(canonical_norm(bottom_norm, "lipschitz.bottom_norm", LIPSCHITZ_NORMS))
         # The search region is the bottom norm's ball ∩ [0, 1]: project and step like an attack would.
         self.threat = make_threat("inf" if self.bottom == math.inf else str(int(self.bottom)), eps)
         self.steps = check_positive_int("lipschitz.steps", steps)
         if step_size is None:
-            step_size = FAITHFUL_STEP_SIZE if self.fidelity == "faithful" else PAPER_RELATIVE_STEP * self.eps
+            step_size = self.fidelity.lipschitz_step(self.eps)
         self.step_size = check_non_negative("lipschitz.step_size", step_size)
         self.top = norm_order(canonical_norm(top_norm, "lipschitz.top_norm", LIPSCHITZ_NORMS))
         self.init_std = check_non_negative("lipschitz.init_std", init_std)

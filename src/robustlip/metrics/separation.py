@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from numba import float32, njit, prange, uint8
 
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from robustlip.core.errors import ConfigError, check_positive_int, check_probability
 from robustlip.models.normalize import Normalize
-from robustlip.runs.errors import ConfigError, check_positive_int, check_probability
 
 
 def _dropout_pair(value: float | Sequence[float] | None, default: tuple[float, float]) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robustlip.runs.errors import check_positive_int
+from robustlip.core.errors import check_positive_int
 
 
 class InputMask(nn.Module):

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from robustlip.core.errors import check_positive_int, check_probability
 from robustlip.models.normalize import Normalize
-from robustlip.runs.errors import check_positive_int, check_probability
 
 
 class MLP(nn.Module):

@@ -14,12 +14,12 @@ from typing import Any
 
 from torch import nn
 
+from robustlip.core.errors import check_choice
 from robustlip.models.cnn import CNN1, CNN2
 from robustlip.models.digits_cnn import DigitsCNN
 from robustlip.models.mlp import MLP
 from robustlip.models.resnet import ResNet50
 from robustlip.models.wide_resnet import WideResNet
-from robustlip.runs.errors import check_choice
 
 #: Architecture name (as in conf/model/<name>.yaml) -> constructor with the paper's settings.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {

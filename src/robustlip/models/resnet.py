@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from robustlip.core.errors import check_positive_int, check_probability
 from robustlip.models.normalize import Normalize
-from robustlip.runs.errors import check_positive_int, check_probability
 
 
 class DropoutBottleneck(Bottleneck):

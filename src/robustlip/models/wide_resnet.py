@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlip.core.errors import ConfigError, check_positive_int, check_probability
 from robustlip.models.normalize import Normalize
-from robustlip.runs.errors import ConfigError, check_positive_int, check_probability
 
 
 class WideBasicBlock(nn.Module):

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlip.attacks import PGD
+from robustlip.core.fidelity import Fidelity
 from robustlip.objectives.base import Objective, ObjectiveOutput, check_attack_budget
 
 
-def madry_attack(eps: float, norm: str, steps: int, step_size: float | None, faithful: bool) -> PGD:
-    """The training attack of AT and RST: PGD with a uniform random start, in train mode if faithful."""
+def madry_attack(eps: float, norm: str, steps: int, step_size: float | None, fidelity: Fidelity) -> PGD:
+    """The training attack of AT and RST: PGD with a uniform random start, in the fidelity's model mode."""
     eps, norm, steps, step_size = check_attack_budget(eps, norm, steps, step_size)
     return PGD(
         eps=eps,
@@ -32,7 +33,7 @@ def madry_attack(eps: float, norm: str, steps: int, step_size: float | None, fai
         steps=steps,
         step_size=step_size,
         random_start=True,
-        model_mode="train" if faithful else "eval",
+        model_mode=fidelity.attack_mode,
     )
 
 
@@ -53,7 +54,7 @@ class AdversarialTraining(Objective):
         name: str | None = None,
     ) -> None:
         super().__init__(fidelity, name)
-        self.attack = madry_attack(eps, norm, steps, step_size, self.faithful)
+        self.attack = madry_attack(eps, norm, steps, step_size, self.fidelity)
 
     def extra_repr(self) -> str:
         return f"fidelity={self.fidelity}, attack={self.attack!r}"

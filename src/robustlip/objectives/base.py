@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from robustlip.attacks.threat import canonical_norm
-from robustlip.fidelity import FIDELITIES
-from robustlip.runs.errors import check_choice, check_non_negative, check_positive_int
+from robustlip.core.errors import check_non_negative, check_positive_int
+from robustlip.core.fidelity import fidelity_named
 
 
 def check_attack_budget(eps: float, norm: str, steps: int, step_size: float | None) -> tuple[float, str, int, float | None]:
@@ -62,7 +62,7 @@ class Objective(nn.Module):
     def __init__(self, fidelity: str = "paper", name: str | None = None) -> None:
         super().__init__()
         self.name = name or type(self).name
-        self.fidelity = check_choice("fidelity", fidelity, FIDELITIES)
+        self.fidelity = fidelity_named(fidelity)
 
     def label_knobs(self) -> list[tuple[str, float]]:
         """The (symbol, value) pairs a row name shows: the knobs the paper sweeps, or any set off its default."""
@@ -84,11 +84,11 @@ class Objective(nn.Module):
 
     @property
     def faithful(self) -> bool:
-        return self.fidelity == "faithful"
+        return self.fidelity.faithful
 
     def reduce(self, per_example: Tensor) -> Tensor:
         """Mean over the batch (``paper``) or sum, as every loss of the authors' code (``faithful``)."""
-        return per_example.sum() if self.faithful else per_example.mean()
+        return self.fidelity.reduce(per_example)
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:  # pragma: no cover
         raise NotImplementedError

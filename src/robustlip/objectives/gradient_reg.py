@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlip.attacks.threat import canonical_norm
+from robustlip.core.errors import ConfigError, check_non_negative
 from robustlip.objectives.base import Objective, ObjectiveOutput
-from robustlip.runs.errors import ConfigError, check_non_negative
 
 #: Finite-difference step of the authors' ``tulipce`` (no ``ssem`` flag: ``tulip.py`` default 1.0).
 FAITHFUL_H = 1.0

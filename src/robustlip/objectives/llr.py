@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlip.attacks import LocalLinearityPGD, directional_derivative, linearity_gap
+from robustlip.core.errors import check_non_negative
 from robustlip.objectives.base import Objective, ObjectiveOutput, check_attack_budget
-from robustlip.runs.errors import check_non_negative
 
 
 class LocalLinearity(Objective):

@@ -11,11 +11,12 @@ and sums (docs/authors-code.md §13.4, §13.6). The adversarial forward comes be
 code, so BatchNorm's running statistics see the batches in the same order. The logits returned for
 the training accuracy are the adversarial ones (the authors' logging, docs/authors-code.md §4).
 
-With unlabeled data (``teacher_ckpt``): a naturally trained robustlip checkpoint labels the pool of
-``data.unlabeled`` once (robustlip/runs/self_training.py), and every training batch holds ``unsup_fraction``
-pseudo-labeled examples besides the labeled ones (data/unlabeled.py). The loss is the same formula on
-the whole mixed batch — the natural and the robust term on labeled and pseudo-labeled examples alike,
-as in Carmon et al.'s robust self-training — so this module's forward does not change; the data does.
+With unlabeled data (``self_training.teacher_ckpt``, a run setting, not this loss's): a naturally trained
+robustlip checkpoint labels the pool of ``data.unlabeled`` once (robustlip/runs/self_training.py), and every
+training batch holds ``self_training.unsup_fraction`` pseudo-labeled examples besides the labeled ones
+(data/unlabeled.py). The loss is the same formula on the whole mixed batch — the natural and the robust
+term on labeled and pseudo-labeled examples alike, as in Carmon et al.'s robust self-training — so this
+module knows nothing of it; the data does.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlip.core.errors import check_non_negative
 from robustlip.objectives.adversarial import madry_attack
 from robustlip.objectives.base import Objective, ObjectiveOutput
-from robustlip.runs.errors import check_non_negative, check_probability
 
 
 class RST(Objective):
@@ -44,27 +45,16 @@ class RST(Objective):
         step_size: float | None = None,
         fidelity: str = "paper",
         name: str | None = None,
-        teacher_ckpt: str | None = None,
-        unsup_fraction: float = 0.5,
     ) -> None:
         super().__init__(fidelity, name)
         self.lam = check_non_negative("objective.lam", lam)
-        self.attack = madry_attack(eps, norm, steps, step_size, self.faithful)
-        #: A naturally trained checkpoint that pseudo-labels data.unlabeled; None: labelled-only RST.
-        self.teacher_ckpt = str(teacher_ckpt) if teacher_ckpt not in (None, "") else None
-        self.unsup_fraction = check_probability("objective.unsup_fraction", unsup_fraction)
+        self.attack = madry_attack(eps, norm, steps, step_size, self.fidelity)
 
     def label_knobs(self) -> list[tuple[str, float]]:
         return [("λ", self.lam)]
 
-    @property
-    def label(self) -> str:
-        """``RST(λ=1)``, or ``RST(λ=1)+unlabeled`` with a teacher: a row of its own in every report."""
-        return f"{super().label}+unlabeled" if self.teacher_ckpt else super().label
-
     def extra_repr(self) -> str:
-        teacher = f", teacher_ckpt={self.teacher_ckpt!r}, unsup_fraction={self.unsup_fraction}" if self.teacher_ckpt else ""
-        return f"lam={self.lam}, fidelity={self.fidelity}, attack={self.attack!r}{teacher}"
+        return f"lam={self.lam}, fidelity={self.fidelity}, attack={self.attack!r}"
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor) -> ObjectiveOutput:
         x_adv = self.attack(model, x, y)

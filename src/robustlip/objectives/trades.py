@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustlip.attacks import KLDivergencePGD, prediction_divergence
+from robustlip.core.errors import check_non_negative
 from robustlip.objectives.base import Objective, ObjectiveOutput, check_attack_budget
-from robustlip.runs.errors import check_non_negative
 
 
 class TRADES(Objective):

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustlip.core.files import atomic_write
 from robustlip.metrics.intervals import t_interval, z_value
 from robustlip.reporting.references import Published
 from robustlip.reporting.tables import Row, header, seed_values
-from robustlip.runs.files import atomic_write
 
 REPRODUCES, DIFFERS, UNJUDGED, NOT_RUN = "reproduces", "differs", "no interval", "not run"
 MARKS = {REPRODUCES: "✓", DIFFERS: "✗", UNJUDGED: "·", NOT_RUN: ""}

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from robustlip.core.files import atomic_write
 from robustlip.reporting.plots import pyplot
-from robustlip.runs.files import atomic_write
 
 
 def tile(images: Tensor, pad: int = 1) -> Tensor:

@@ -24,8 +24,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from robustlip.core.files import atomic_write
 from robustlip.metrics.intervals import t_interval
-from robustlip.runs.files import atomic_write
 from robustlip.runs.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,13 @@ def unflatten(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
     return node
 
 
+def with_unlabeled(method: str, teacher_ckpt: Any) -> str:
+    """A run's row name: its method's (``RST(λ=1)``), with ``+unlabeled`` when a teacher's pseudo-labels were mixed
+    into its batches (``self_training.teacher_ckpt``). One rule for robustlip-train's title and robustlip-report's
+    rows, so a run with unlabeled data is a row of its own in every table."""
+    return f"{method}+unlabeled" if teacher_ckpt not in (None, "") else method
+
+
 def method_label(run: Run) -> tuple[str, tuple]:
     """The paper's row name of a run and a key that sorts rows in the paper's order.
 
@@ -242,12 +249,15 @@ def method_label(run: Run) -> tuple[str, tuple]:
         label = str(run.get("evaluated_model.label"))
         return label, (98, 0.0, label)
     name = str(node.get("name", "?"))
+    # Runs written before self-training had keys of its own kept them in the RST objective's node.
+    teacher = run.get("self_training.teacher_ckpt") or node.pop("teacher_ckpt", None)
+    node.pop("unsup_fraction", None)
     if node.get("_target_"):
         from hydra.utils import instantiate
 
         try:
             objective = instantiate(node)
-            return objective.label, (*objective.sort_key, name)
+            return with_unlabeled(objective.label, teacher), (*objective.sort_key, name)
         except Exception as exc:  # noqa: BLE001 - a report must not die on one foreign run
             log.warning("%s: objective %s cannot be built here (%s); its row is named %r", run.path,
                         node.get("_target_"), exc, name)

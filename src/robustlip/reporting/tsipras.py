@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from robustlip.core.files import atomic_write
 from robustlip.reporting.plots import pyplot
 from robustlip.reporting.tables import Run, find_runs, method_label, stats
-from robustlip.runs.files import atomic_write
 from robustlip.theory.tsipras import TsiprasSetting, robust_accuracy_bound
 
 log = logging.getLogger(__name__)

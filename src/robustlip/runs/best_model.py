@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def evaluate_best(trainer, module, evaluation, measure: Callable[[], None]) -> d
     """
     import json
 
+    from robustlip.core.files import write_json_atomic
     from robustlip.runs.checkpoints import load_checkpoint
-    from robustlip.runs.files import write_json_atomic
 
     found = best_checkpoint(trainer)
     results_file = evaluation.results_file

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from robustlip.runs.errors import ConfigError, check_choice
-from robustlip.runs.files import atomic_write
+from robustlip.core.errors import ConfigError, check_choice
+from robustlip.core.files import atomic_write
 
 #: Values of the ``resume`` key of train.yaml.
 RESUME_MODES = ("never", "auto")

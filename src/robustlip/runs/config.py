@@ -3,7 +3,7 @@
 Three reliability rules live here (docs/reliability.md):
 
 * :func:`instantiate_group` builds one config group and, when a constructor rejects a value with a
-  :class:`~robustlip.runs.errors.ConfigError`, re-raises that error itself (prefixed with the group, e.g.
+  :class:`~robustlip.core.errors.ConfigError`, re-raises that error itself (prefixed with the group, e.g.
   ``attack.norm='l3' is not allowed; ...``) instead of Hydra's ``InstantiationException`` wall;
 * :func:`to_plain_dict` redacts secrets (keys that look like credentials, and the values of secret
   environment variables such as ``WANDB_API_KEY``), so no API key reaches config.yaml, a checkpoint's
@@ -25,8 +25,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from robustlip.runs.errors import ConfigError
-from robustlip.runs.files import write_text_atomic
+from robustlip.core.errors import ConfigError
+from robustlip.core.files import write_text_atomic
 
 #: Config keys whose values are credentials, whatever group they sit in.
 SECRET_KEY_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 
 #: WANDB_MODE values that need neither network nor an API key.
 WANDB_LOCAL_MODES = ("offline", "disabled", "dryrun")

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustlip.core.errors import ConfigError
 from robustlip.models.normalize import Normalize
 from robustlip.runs.checkpoints import (
     CheckpointError,
@@ -41,7 +42,6 @@ from robustlip.runs.checkpoints import (
     load_checkpoint,
     net_from_checkpoint,
 )
-from robustlip.runs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
+from robustlip.core.fidelity import fidelity_named
 
 #: Optimizers whose step scales with the gradient: lr × B and weight decay ÷ B.
 LINEAR_OPTIMIZERS = ("torch.optim.SGD",)
@@ -42,16 +43,15 @@ KNOWN_OPTIMIZERS = LINEAR_OPTIMIZERS + ADAPTIVE_COUPLED + ADAPTIVE_DECOUPLED
 
 def _check(optimizer: str, fidelity: str, batch_size: int) -> bool:
     """True when the setting must be converted (fidelity=paper); validates the other arguments."""
-    if fidelity not in ("paper", "faithful"):
-        raise ConfigError(f"fidelity={fidelity!r} is not allowed; choose one of 'paper', 'faithful'")
+    converts = not fidelity_named(fidelity).sums_losses
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"data.batch_size={batch_size!r} is not allowed; it must be an integer >= 1")
-    if fidelity == "paper" and optimizer not in KNOWN_OPTIMIZERS:
+    if converts and optimizer not in KNOWN_OPTIMIZERS:
         raise ConfigError(
             f"optimizer._target_={optimizer!r} is not allowed with a preset's summed-loss settings; "
             f"choose one of {', '.join(map(repr, KNOWN_OPTIMIZERS))} or set optimizer.lr explicitly"
         )
-    return fidelity == "paper"
+    return converts
 
 
 def mean_loss_lr(lr: float, optimizer: str, fidelity: str, batch_size: int) -> float:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from robustlip.runs.files import write_json_atomic
+from robustlip.core.files import write_json_atomic
 
 #: The metric names of the paper's tables, in the order the tables show them.
 RESULT_KEYS = (

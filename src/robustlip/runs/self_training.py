@@ -1,18 +1,23 @@
 """Robust self-training with unlabeled data: the teacher, its pseudo-labels, and their cache beside the run.
 
-Called by robustlip-train after the objective is built (before training starts). When the objective
-has a ``teacher_ckpt`` (``objective=rst objective.teacher_ckpt=...``, docs/raghunathan.md):
+Part of robustlip-train's run setup, after the data is loaded and before anything is written. Its keys
+are the run's, not an objective's: with ``self_training.teacher_ckpt`` (``objective=rst
+self_training.teacher_ckpt=... data.train_size=... data.unlabeled=true``, docs/raghunathan.md):
 
 1. the teacher is loaded with the project's safe loader (``torch.load(weights_only=True)``,
    robustlip/runs/checkpoints.py) and must have been trained on the same dataset with the same classes —
-   anything else is one ``CheckpointError`` line naming ``objective.teacher_ckpt``;
+   anything else is one ``CheckpointError`` line naming ``self_training.teacher_ckpt``;
 2. it labels the pool of ``data.unlabeled`` once, in eval mode, in batches (data/unlabeled.py);
 3. the labels are cached as ``pseudo_labels.pt`` in the run directory, keyed by the teacher file's
    SHA-256 and the pool's indices, so a resumed run reuses them and a changed teacher or pool
    recomputes them; ``pseudo_labels.json`` records how many there are and how often they agree
    with the pool's true labels (known here because the pool is held-out training data; never used
    for training);
-4. the DataModule then mixes them into every batch at ``objective.unsup_fraction``.
+4. the DataModule then mixes them into every batch at ``self_training.unsup_fraction``.
+
+The objective is untouched: its loss runs on the mixed batches (RST's is Carmon et al.'s), and the
+run's row in a report is named ``<method>+unlabeled``
+(:func:`robustlip.reporting.tables.with_unlabeled`).
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from robustlip.core.errors import ConfigError, check_probability
+from robustlip.core.files import atomic_write, write_json_atomic
 from robustlip.data.base import dataset_labels
 from robustlip.data.unlabeled import pseudo_label
 from robustlip.runs.checkpoints import CheckpointError, checkpoint_config, load_checkpoint
-from robustlip.runs.errors import ConfigError
-from robustlip.runs.files import atomic_write, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-KEY = "objective.teacher_ckpt"
+KEY = "self_training.teacher_ckpt"
+FRACTION_KEY = "self_training.unsup_fraction"
 CACHE_FILE = "pseudo_labels.pt"
 SUMMARY_FILE = "pseudo_labels.json"
 
@@ -113,17 +119,18 @@ def pool_indices(datamodule: Any) -> torch.Tensor:
     return torch.as_tensor(list(datamodule.unlabeled_eval_set.indices), dtype=torch.long)
 
 
-def prepare_self_training(objective: nn.Module, datamodule: Any, output_dir: str | Path,
-                          device: str | torch.device | None = None) -> dict[str, Any] | None:
-    """Pseudo-label the pool for an objective with a teacher and make the DataModule mix it in; else no-op.
+def prepare_self_training(datamodule: Any, output_dir: str | Path, teacher_ckpt: str | None = None,
+                          unsup_fraction: float = 0.5, device: str | torch.device | None = None) -> dict[str, Any] | None:
+    """With a teacher, pseudo-label the pool and make the DataModule mix it into every batch; else no-op.
 
-    Returns the summary written to ``pseudo_labels.json`` (None without a teacher).
+    The arguments are the run's ``self_training`` keys. Returns the summary written to
+    ``pseudo_labels.json`` (None without a teacher).
     """
-    teacher = getattr(objective, "teacher_ckpt", None)
+    teacher = str(teacher_ckpt) if teacher_ckpt not in (None, "") else None
+    unsup_fraction = check_probability(FRACTION_KEY, unsup_fraction)
     if not teacher:
         if getattr(datamodule, "unlabeled_set", None) is not None:
-            log.warning("data.unlabeled is set but objective=%s has no teacher_ckpt: the unlabeled pool is not used",
-                        getattr(objective, "name", type(objective).__name__))
+            log.warning("data.unlabeled is set but %s is not: the unlabeled pool is not used", KEY)
         return None
     if getattr(datamodule, "unlabeled_set", None) is None:
         raise ConfigError(f"{KEY}={teacher!r} needs an unlabeled pool: set data.train_size=<number of labels> and "
@@ -148,7 +155,7 @@ def prepare_self_training(objective: nn.Module, datamodule: Any, output_dir: str
         "teacher_train_size": (config.get("data") or {}).get("train_size"),
         "pool_size": len(labels),
         "labeled_size": len(datamodule.train_set),
-        "unsup_fraction": float(objective.unsup_fraction),
+        "unsup_fraction": unsup_fraction,
         # Held-out truth, for the record only: how good the teacher's labels are.
         "agreement_with_true_labels": float((labels == truth).double().mean()) * 100.0,
         "per_class_counts": torch.bincount(labels, minlength=datamodule.num_classes).tolist(),
@@ -157,5 +164,5 @@ def prepare_self_training(objective: nn.Module, datamodule: Any, output_dir: str
     write_json_atomic(output_dir / SUMMARY_FILE, summary)
     log.info("pseudo-labels for %d unlabeled examples (%s; %.2f%% agree with the held-out labels)",
              len(labels), "cached" if reused else "computed", summary["agreement_with_true_labels"])
-    datamodule.use_pseudo_labels(labels, objective.unsup_fraction)
+    datamodule.use_pseudo_labels(labels, unsup_fraction)
     return summary

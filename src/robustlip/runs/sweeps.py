@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from robustlip.runs.files import write_json_atomic
+from robustlip.core.files import write_json_atomic
 from robustlip.runs.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class MultirunGuard(Callback):
         """A dataset that is not there fails the sweep once, before any job starts, not every job one by one.
 
         Only when every job reads the same data (no ``data`` key or option is swept); a swept dataset is
-        checked by each job, as before. The check is the training run's own (:func:`robustlip.train.prepare_data`).
+        checked by each job, as before. The check is the training run's own (:func:`robustlip.runs.setup.prepare_data`).
         """
         node = config.get("data")
         if node is None or not node.get("_target_"):
@@ -252,9 +252,8 @@ class MultirunGuard(Callback):
             key, _, value = str(override).partition("=")
             if key.lstrip("+~").split(".")[0] == "data" and ("," in value or value.strip().startswith(("range(", "choice(", "glob("))):
                 return
-        from robustlip.cli import print_error
-        from robustlip.runs.errors import ConfigError
-        from robustlip.train import prepare_data
+        from robustlip.core.errors import ConfigError, print_error
+        from robustlip.runs.setup import prepare_data
 
         try:
             prepare_data(config)

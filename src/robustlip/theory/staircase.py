@@ -60,7 +60,7 @@ from functools import cached_property
 import numpy as np
 from scipy.interpolate import BSpline
 
-from robustlip.runs.errors import ConfigError, check_choice
+from robustlip.core.errors import ConfigError, check_choice
 
 PERTURBATIONS = ("one_sided", "two_sided")
 #: Where RST reads θ_std's prediction for an unlabeled draw u: at u, or at its stair ⌊u⌋ (module docstring).

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from robustlip.runs.errors import ConfigError
+from robustlip.core.errors import ConfigError
 
 
 def normal_cdf(t: float) -> float:

@@ -6,6 +6,7 @@ Every known failure class carries the ``exit_code`` its entry point exits with (
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +31,17 @@ class RunInterrupted(RuntimeError):
     def __init__(self, message: str, exit_code: int = 143) -> None:
         super().__init__(message)
         self.exit_code = int(exit_code)
+
+
+def print_error(message: str) -> None:
+    """One ``error:`` line on stderr (whitespace and newlines of the message folded)."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of a known failure (its class's ``exit_code``), None for an unknown one."""
+    code = getattr(exc, "exit_code", None)
+    return code if isinstance(code, int) else None
 
 
 def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:

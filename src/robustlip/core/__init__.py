@@ -1,0 +1,7 @@
+"""The foundation every part of robustlip may import: one-line errors and value checks, the atomic
+file writer, the fidelity and its implications, stop requests by signal.
+
+Nothing here imports another robustlip package (and none of torch, Lightning or Hydra), so the
+science (attacks, objectives, metrics, theory) and the glue (runs, callbacks, the commands) stand on
+it alike. docs/architecture.md draws the floors.
+"""
