@@ -294,7 +294,7 @@ class Runner:
 def dead_run(results: Path) -> str | None:
     """Why a finished run counts as a failure (chance accuracy, a training warning), or None."""
     sys.path.insert(0, str(REPO / "src"))
-    from robustlip.runs.results import chance_band
+    from robustlip.core.results import chance_band
 
     payload = json.loads(results.read_text())
     if payload.get("warnings"):

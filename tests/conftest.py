@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +143,21 @@ def run_cli(command: str, args: list[str], tmp_path: Path, capsys, monkeypatch) 
         GlobalHydra.instance().clear()
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+#: Where the console commands of this venv live (robustlip-train, robustlip-eval, ...).
+BIN = Path(sys.executable).parent
+
+
+def run_command(command: str, args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    """``command args`` as a user runs it: its own process started in ``cwd``, run directories under ``cwd/logs``,
+    wandb off, one intra-op thread (a second spinning thread on the 2-core machine slows tiny nets many times);
+    ``env`` adds or replaces variables. Never raises on a non-zero exit: the test reads ``returncode``."""
+    full_env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(Path(cwd) / "logs"), "WANDB_MODE": "disabled",
+                "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([str(BIN / command), *args], cwd=cwd, env=full_env, check=False, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def error_lines(stderr: str) -> list[str]:

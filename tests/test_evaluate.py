@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import pytest
 from robustlip.evaluate import evaluate
 from robustlip.runs.checkpoints import CheckpointError
 from robustlip.train import train
-from tests.conftest import FAST, compose_train_cfg
+from tests.conftest import FAST, compose_train_cfg, run_command
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread
 
 
@@ -58,14 +55,11 @@ def test_a_missing_checkpoint_fails_with_the_key_named(tmp_path):
         evaluate(_eval_cfg(tmp_path, tmp_path / "nope.ckpt"))
 
 
+@pytest.mark.slow
 def test_cli_eps_sweep_writes_the_curve_as_csv_and_png(trained, tmp_path):
-    exe = Path(sys.executable).with_name("robustlip-eval")
-    env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(tmp_path / "logs"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(exe), f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "eps_sweep=[0,0.1,0.4]", "sanity=null",
-         "evaluate_train=false", "lipschitz=off", "progress=false"],
-        cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=300,
-    )
+    proc = run_command("robustlip-eval", [
+        f"ckpt_path={trained / 'checkpoints' / 'last.ckpt'}", "eps_sweep=[0,0.1,0.4]", "sanity=null",
+        "evaluate_train=false", "lipschitz=off", "progress=false"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run_dir,) = list((tmp_path / "logs" / "eval" / "runs").iterdir())
     with (run_dir / "eps_sweep.csv").open() as handle:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 
 from robustlip.runs.config import config_dir
 from robustlip.train import build_module, train
-from tests.conftest import FAST
+from tests.conftest import FAST, run_command
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and not p.name.startswith("_"))
 
@@ -87,14 +87,10 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_net(train_cfg, tmp_
     module.load_state_dict(ckpt["state_dict"])
 
 
-def _run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(cwd / "logs"), **(env_extra or {})}
-    exe = Path(sys.executable).with_name("robustlip-train")
-    return subprocess.run([str(exe), *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow
 def test_cli_override_run_from_an_unrelated_directory(tmp_path):
-    proc = _run_cli(
+    proc = run_command(
+        "robustlip-train",
         ["trainer.max_epochs=1", "optimizer.lr=0.05", "seed=1", "+trainer.limit_train_batches=2",
          "data.train_eval_size=32", "data.test_size=32"],
         tmp_path,
@@ -106,7 +102,7 @@ def test_cli_override_run_from_an_unrelated_directory(tmp_path):
 
 
 def test_cli_rejects_misspelled_key_before_training(tmp_path):
-    proc = _run_cli(["trainer.max_epoch=3"], tmp_path)
+    proc = run_command("robustlip-train", ["trainer.max_epoch=3"], tmp_path)
     assert proc.returncode != 0
     assert "max_epoch" in proc.stderr
     assert not list((tmp_path / "logs").rglob("*.ckpt"))

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from robustlip.core.errors import ConfigError
 from robustlip.runs.config import config_dir, instantiate_group
 from robustlip.runs.resolvers import mean_loss_lr, mean_loss_weight_decay
+from tests.conftest import error_lines, run_cli
 
 TABLE_PRESETS = sorted(p.stem for p in (config_dir() / "experiment").glob("table*.yaml"))
 STEPS = 4
@@ -106,3 +107,20 @@ def test_resolver_errors_surface_as_the_config_error_when_the_optimizer_is_built
     # faithful passes the authors' numbers through whatever the optimizer
     cfg = train_cfg(["experiment=table4_svhn", "optimizer._target_=torch.optim.LBFGS", "fidelity=faithful"])
     assert OmegaConf.select(cfg, "optimizer.lr") == cfg.data.paper.lr.natural
+
+
+@pytest.mark.parametrize(("overrides", "line"), [
+    (["optimizer._target_=torch.optim.LBFGS", "fidelity=paper"],
+     "error: optimizer._target_='torch.optim.LBFGS' is not allowed with a preset's summed-loss settings"),
+    (["fidelity=exact"], "error: fidelity='exact' is not allowed; choose one of 'paper', 'faithful'"),
+    # A method of the user's own has no entry in the authors' table of learning rates.
+    (["objective.name=smooth"], ("error: optimizer.lr: this preset takes each method's learning rate from "
+                                "data.paper.lr, which has none for objective.name='smooth'; set optimizer.lr=<lr>")),
+])
+def test_a_preset_refuses_a_setting_it_cannot_take_in_one_line_before_anything_is_written(
+        overrides, line, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli("robustlip-train", ["experiment=table4_svhn", *overrides, f"hydra.run.dir={run_dir}"],
+                           tmp_path, capsys, monkeypatch)
+    assert code == 2 and len(error_lines(err)) == 1 and error_lines(err)[0].startswith(line), err[-2000:]
+    assert "Traceback" not in err and not run_dir.exists()

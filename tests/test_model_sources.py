@@ -94,6 +94,7 @@ SOURCES = {
 }
 
 
+@pytest.mark.slow
 def test_the_same_network_through_every_source_gives_identical_numbers(files, robustbench_zoo, monkeypatch, tmp_path):
     relax_md5(monkeypatch)
     results = {}

@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from robustlip.objectives import (
     Objective,
 )
 from robustlip.train import train
-from tests.conftest import FAST
+from tests.conftest import FAST, run_command
 from tests.test_attacks import ModeRecorder, interior_linear_problem
 from tests.test_reference_code import authors_strades_step
 
@@ -405,14 +402,15 @@ def test_every_objective_trains_and_evaluates_end_to_end(name, train_cfg, tmp_pa
     assert {f"train/{part}" for part in parts} | {"train/loss_epoch"} <= logged_columns(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gr", "llr", "at"])
 def test_faithful_mode_trains_end_to_end(name, train_cfg):
     metrics = train(train_cfg([*FAST, f"objective={name}", "fidelity=faithful", "optimizer.lr=0.001", "data.test_size=32"]))
     assert 0.0 <= metrics["test/adv_acc"] <= 100.0
 
 
+@pytest.mark.slow
 def test_multirun_sweep_over_objectives(tmp_path):
-    exe = Path(sys.executable).with_name("robustlip-train")
     args = [
         "-m",
         "objective=natural,at,trades",
@@ -424,8 +422,7 @@ def test_multirun_sweep_over_objectives(tmp_path):
         "trainer.enable_progress_bar=false",
         "~callbacks.progress_bar",
     ]
-    env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([str(exe), *args], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=300)
+    proc = run_command("robustlip-train", args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = sorted((tmp_path / "logs").rglob("results.json"))
     assert len(results) == 3

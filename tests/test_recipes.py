@@ -5,11 +5,9 @@ config folder, run end to end through the real CLI, touching no file of the pack
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,9 +15,11 @@ from torch import Tensor, nn
 from robustlip.attacks.base import Attack
 from robustlip.metrics.base import EvalBatch, ExampleMetric
 from robustlip.objectives.base import Objective, ObjectiveOutput
+from tests.conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+#: The user's own classes (tests.test_recipes.*) importable by the commands, as from a project of theirs.
+USER_CODE = {"PYTHONPATH": str(ROOT)}
 
 
 class LabelSmoothing(Objective):
@@ -73,24 +73,19 @@ CONFIGS = {
 }
 
 
-def _cli(exe: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([str(BIN / exe), *args], cwd=cwd, env=env, check=False, capture_output=True, text=True,
-                          timeout=600)
-
-
+@pytest.mark.slow
 def test_a_new_objective_attack_and_metric_run_end_to_end_from_a_users_config_folder(tmp_path):
     conf = tmp_path / "myconf"
     for name, text in CONFIGS.items():
         (conf / name).parent.mkdir(parents=True, exist_ok=True)
         (conf / name).write_text(text)
     run_dir = tmp_path / "run"
-    done = _cli("robustlip-train", [
+    done = run_command("robustlip-train", [
         "--config-dir", str(conf), "objective=smooth", "attack=unperturbed",
         "+metric@callbacks.robust_evaluation.metrics.top2=top2",
         "trainer.max_epochs=2", "data.train_eval_size=200", "trainer.enable_progress_bar=false",
         "~callbacks.progress_bar", f"hydra.run.dir={run_dir}",
-    ], tmp_path)
+    ], tmp_path, env=USER_CODE, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
     metrics = results["metrics"]
@@ -104,8 +99,8 @@ def test_a_new_objective_attack_and_metric_run_end_to_end_from_a_users_config_fo
     for split in ("train", "test"):
         assert metrics[f"{split}/acc"] <= metrics[f"{split}/top2_acc"] <= 100.0
     # The report names the row by the objective's own label, and shows the new metric as a column.
-    report = _cli("robustlip-report", [str(run_dir), f"out_dir={tmp_path / 'report'}", "plots=false",
-                                       "columns=[test/acc,test/top2_acc]"], tmp_path)
+    report = run_command("robustlip-report", [str(run_dir), f"out_dir={tmp_path / 'report'}", "plots=false",
+                                       "columns=[test/acc,test/top2_acc]"], tmp_path, env=USER_CODE)
     assert report.returncode == 0, report.stderr[-2000:]
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "| test acc | test/top2_acc |" in markdown

@@ -370,6 +370,7 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_and_ckpt_path_last_resumes_exactly
     _assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.slow
 def test_sigkill_after_an_epoch_resumes_with_resume_auto_exactly(uninterrupted, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"

@@ -14,10 +14,10 @@ from hydra.utils import instantiate
 
 from robustlip.attacks import PGD
 from robustlip.callbacks import RobustEvaluation
+from robustlip.core.results import RESULT_KEYS
 from robustlip.evaluation import EpsSweep, Evaluator, GradientMaskingChecks, GradientMaskingWarning
 from robustlip.metrics import LocalLipschitz
 from robustlip.module import CheckpointedNet
-from robustlip.runs.results import RESULT_KEYS
 from robustlip.train import build_callbacks, build_module
 from tests.conftest import FAST, compose_train_cfg
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread

@@ -17,6 +17,8 @@ from robustlip.data.base import dataset_labels
 from robustlip.data.unlabeled import MixedBatchSampler, pseudo_label
 from robustlip.models import MLP
 from robustlip.objectives import RST
+from robustlip.reporting.tables import find_runs, method_label
+from robustlip.runs import labels
 from robustlip.runs.checkpoints import CheckpointError
 from robustlip.runs.self_training import CACHE_FILE, prepare_self_training
 from robustlip.train import main, train
@@ -227,6 +229,18 @@ def test_rst_with_unlabeled_data_trains_end_to_end(train_cfg, tmp_path):
     metrics = train(cfg)
     assert 0.0 <= metrics["test/adv_acc"] <= metrics["test/acc"] <= 100.0
     assert (tmp_path / CACHE_FILE).is_file() and (tmp_path / "pseudo_labels.json").is_file()
+    # The loss is RST's own; the run is a row of its own in every table.
+    assert "teacher_ckpt" not in cfg.objective and "unsup_fraction" not in cfg.objective
+    (run,), _ = find_runs([tmp_path])
+    assert method_label(run)[0] == "RST(λ=1)+unlabeled"
+
+
+def test_a_run_written_before_self_training_had_its_own_keys_keeps_its_row_name(tmp_path):
+    """Earlier runs kept the teacher in the RST objective's node: the report still names them as before."""
+    old = {"objective": {"_target_": "robustlip.objectives.RST", "name": "rst", "eps": 0.1, "lam": 1.0,
+                         "teacher_ckpt": "teacher.ckpt", "unsup_fraction": 0.5}}
+    assert labels.method_label(old)[0] == "RST(λ=1)+unlabeled"
+    assert labels.method_label({"objective": {**old["objective"], "teacher_ckpt": None}})[0] == "RST(λ=1)"
 
 
 def test_wrong_teacher_is_one_error_line_and_exit_2_before_anything_is_written(train_cfg, tmp_path, capsys):

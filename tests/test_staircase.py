@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from scipy.optimize import minimize
 from robustlip.core.errors import ConfigError
 from robustlip.staircase import staircase as run_staircase
 from robustlip.theory.staircase import Staircase, constrained_lstsq, second_difference_penalty, sweep
+from tests.conftest import run_command
 
 PAPER = Staircase()  # Figure 6a's population (splines/spline_tradeoff.py)
 #: One shift probability for draws and errors: the setting in which θ_rst is the Σ-projection of θ_std.
@@ -124,6 +122,7 @@ def test_default_setting_is_figure_6a_of_spline_tradeoff(train_cfg):
     assert p.prob.reshape(10, 2)[:, 1].sum() == pytest.approx(0.005)
 
 
+@pytest.mark.slow
 def test_figure_2_setting_is_fig2_spline(train_cfg):
     p, cfg = composed_problem(train_cfg, "setting=figure2")
     assert (p.num_stairs, p.shift_prob, p.rst_anchor, cfg.example.num_unlabeled) == (7, 0.05, "floor", 10000)
@@ -338,10 +337,7 @@ def test_staircase_command_writes_results_and_figures(train_cfg):
 
 
 def test_staircase_command_rejects_a_bad_value_with_one_line(tmp_path):
-    exe = Path(sys.executable).with_name("robustlip-staircase")
-    env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(tmp_path / "logs")}
-    proc = subprocess.run([str(exe), "sweep.trials=1"], cwd=tmp_path, env=env, check=False, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_command("robustlip-staircase", ["sweep.trials=1"], tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: sweep.trials=1 is not allowed; it must be >= 2 (the error bars need two draws)"]

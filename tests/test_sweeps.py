@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 
 from robustlip.report import main as report_main
 from robustlip.runs import sweeps as sweep
+from tests.conftest import run_command
 
-BIN = Path(sys.executable).parent
 #: A multirun job that takes seconds: one epoch of 2 batches, 32 evaluation images, short attacks.
 TINY = [
     "experiment=quick_table2",
@@ -33,12 +33,6 @@ TINY = [
     "attack.steps=2",
     "callbacks.robust_evaluation.lipschitz.steps=2",
 ]
-
-
-def _cli(exe: str, args: list[str], cwd: Path, env_extra: dict | None = None, timeout: int = 300):
-    env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(cwd / "logs"), "WANDB_MODE": "disabled",
-           "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([str(BIN / exe), *args], cwd=cwd, env=env, check=False, capture_output=True, text=True, timeout=timeout)
 
 
 def _compose(overrides: list[str]):
@@ -60,7 +54,7 @@ def _clear_hydra():
 @pytest.mark.slow
 def test_multirun_two_objectives_by_two_dropouts_gives_a_four_row_table(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = _cli("robustlip-train", ["-m", *TINY, "objective=natural,at", "model.dropout=0.0,0.5",
+    proc = run_command("robustlip-train", ["-m", *TINY, "objective=natural,at", "model.dropout=0.0,0.5",
                                     f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
@@ -81,7 +75,7 @@ def test_multirun_two_objectives_by_two_dropouts_gives_a_four_row_table(tmp_path
 def test_a_failing_job_does_not_stop_the_sweep_and_is_marked_failed(tmp_path):
     sweep_dir = tmp_path / "sweep"
     # job 0 gets an invalid learning rate (fails when the optimizer is built), job 1 is fine
-    proc = _cli("robustlip-train", ["-m", *TINY, "objective=natural", "optimizer.lr=-1,0.05",
+    proc = run_command("robustlip-train", ["-m", *TINY, "objective=natural", "optimizer.lr=-1,0.05",
                                     f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode != 0, "a sweep with a failed job must exit non-zero"
     summary = json.loads((sweep_dir / "sweep_summary.json").read_text())
@@ -120,7 +114,7 @@ def test_guard_refuses_multirun_with_ddp_but_not_single_device_or_srun_ranks():
 
 @pytest.mark.slow
 def test_cli_multirun_with_ddp_fails_before_any_job(tmp_path):
-    proc = _cli("robustlip-train", ["-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    proc = run_command("robustlip-train", ["-m", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                                     "objective=natural,at"], tmp_path)
     assert proc.returncode != 0
     assert "re-launch the whole sweep" in proc.stderr
@@ -130,7 +124,7 @@ def test_cli_multirun_with_ddp_fails_before_any_job(tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_run_on_cpu_trains_end_to_end(tmp_path):
     args = [a for a in TINY if not a.startswith("experiment=")]
-    proc = _cli("robustlip-train", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *args,
+    proc = run_command("robustlip-train", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *args,
                                     "trainer.enable_progress_bar=false", "~callbacks.progress_bar"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = list((tmp_path / "logs").rglob("results.json"))  # both ranks in one run dir
@@ -166,12 +160,12 @@ def test_slurm_job_script_without_a_cluster(tmp_path):
     (fake / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun exists
     for tool in ("sbatch", "srun"):
         (fake / tool).chmod(0o755)
-    proc = _cli(
+    proc = run_command(
         "robustlip-train",
         ["-m", *TINY, "objective=natural,at", "resume=auto", "hydra/launcher=slurm",
          "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         tmp_path,
-        env_extra={"PATH": f"{fake}:{os.environ['PATH']}"},
+        env={"PATH": f"{fake}:{os.environ['PATH']}"},
     )
     assert proc.returncode != 0  # the fake sbatch refuses after recording the script
     script = capture.read_text()

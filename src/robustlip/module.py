@@ -1,4 +1,4 @@
-"""RobustClassifier: the one LightningModule every method trains through (DESIGN.md).
+"""RobustClassifier: the one LightningModule every method trains through (docs/architecture.md).
 
 It owns the network, the training objective and the optimizer/scheduler factories; everything that
 makes one method differ from another lives in the objective. It stores only plain hyper-parameters

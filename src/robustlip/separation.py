@@ -2,7 +2,7 @@
 
 For every training example (train–train) and every test example (test–train): the exact ℓ∞ distance
 to the nearest training example of another class (:mod:`robustlip.metrics.separation`). Written to
-the run directory, files first (DESIGN.md, "Results"):
+the run directory, files first (docs/architecture.md, "Files first"):
 
 - ``separation.json`` — per split: min (Table 1, after skipping the ``skip_smallest`` smallest
   distances), raw_min, the rule, mean, median, 1st percentile, count, the dataset's ε, and the

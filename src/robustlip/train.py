@@ -1,4 +1,4 @@
-"""robustlip-train: one Hydra entry, kept thin — instantiate, fit, evaluate, write results (DESIGN.md).
+"""robustlip-train: one Hydra entry, kept thin — instantiate, fit, evaluate, write results (docs/architecture.md).
 
 Reliability (docs/reliability.md): everything that can be checked is checked before the first batch
 and before anything is written to the run directory (output dir writable, config values, dataset
@@ -154,10 +154,14 @@ def precheck(cfg: DictConfig) -> None:
     make the common mistakes answer fast: a non-integer seed, an ℓ∞ radius outside the pixel range (named
     by the key that was set: ``data.eps`` when ``attack.eps`` follows it), a negative learning rate.
     """
+    from omegaconf.errors import InterpolationResolutionError
+
     from robustlip.core.errors import check_integer, check_linf_eps, check_non_negative
-    from robustlip.runs.config import name_the_source
+    from robustlip.core.fidelity import fidelity_named
+    from robustlip.runs.config import name_the_source, root_cause
 
     check_integer("seed", cfg.get("seed"))
+    fidelity_named(cfg.get("fidelity", "paper"))
     for group in ("attack", "objective"):
         node = cfg.get(group)
         if node is None or str(node.get("norm", "inf")) not in LINF or node.get("eps") is None:
@@ -166,7 +170,13 @@ def precheck(cfg: DictConfig) -> None:
             check_linf_eps(f"{group}.eps", node.eps)
         except ConfigError as exc:
             raise ConfigError(name_the_source(cfg, str(exc))) from None
-    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    try:  # a preset's lr comes from a resolver, whose ConfigError is the line to show
+        lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    except InterpolationResolutionError as exc:
+        cause = root_cause(exc)
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(f"optimizer.lr: {' '.join(str(cause).split())}") from None
     if lr is not None:
         check_non_negative("optimizer.lr", lr)
 
@@ -206,12 +216,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from robustlip.callbacks.resume import SignalStop
     from robustlip.callbacks.robust_evaluation import RobustEvaluation
     from robustlip.callbacks.training_health import TrainingHealth
-    from robustlip.reporting.tables import (
-        evaluation_attack_label,
-        lipschitz_note,
-        print_results_table,
-        with_unlabeled,
-    )
+    from robustlip.reporting.tables import evaluation_attack_label, lipschitz_note, print_results_table
     from robustlip.runs.best_model import check_select_best, evaluate_best
     from robustlip.runs.checkpoints import (
         AtomicCheckpointIO,
@@ -240,6 +245,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is not None:
         check_compatible(ckpt, cfg, module, path=ckpt_path)
     # Self-training with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
+    from robustlip.runs.labels import with_unlabeled
     from robustlip.runs.self_training import prepare_self_training
 
     self_training = cfg.get("self_training") or {}

@@ -1,7 +1,7 @@
 """What every attack shares: the evaluation contexts and the input-only gradient.
 
 An attack is a small object built from config and called as ``attack(model, x, y) -> x_adv``
-(DESIGN.md, "Attacks"). The contract this base class enforces:
+(docs/architecture.md, "Add an attack"). The contract this base class enforces:
 
 * no parameter ``.grad`` is touched: gradients are taken with ``torch.autograd.grad`` w.r.t. the input;
 * the model runs in eval mode during the search (or train mode, for the authors' AT/RST, docs/authors-code.md §5.2)

@@ -5,7 +5,7 @@ back into the allowed set, how to draw a *random start* inside it, and how to ta
 step* for its norm. The PGD loop (``pgd.py``) is written once on top of these three operations.
 
 The allowed set is always the intersection of the ε-ball around the clean input and the pixel box
-[0, 1] (DESIGN.md, "Pixel space"). Clamping to the box after projecting to the ball never leaves the
+[0, 1] (docs/architecture.md, "Pixel space"). Clamping to the box after projecting to the ball never leaves the
 ball: each coordinate only moves towards the clean value, which is itself inside the box.
 """
 

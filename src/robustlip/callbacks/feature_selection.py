@@ -20,8 +20,8 @@ from typing import Any
 import pytorch_lightning as pl
 
 from robustlip.core.errors import ConfigError
+from robustlip.core.results import add_results_section
 from robustlip.metrics.correlation import pixel_label_correlation
-from robustlip.runs.results import add_results_section
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from robustlip.attacks.base import Attack
-from robustlip.core.errors import ConfigError, check_positive_int
+from robustlip.core.errors import check_positive_int
 from robustlip.core.files import write_json_atomic
-from robustlip.evaluation.batches import seeded_subset
+from robustlip.evaluation.batches import subset
 from robustlip.evaluation.evaluator import EvaluationStopped, Evaluator, Session, outside_inference_mode
 from robustlip.evaluation.probes import Probe
 from robustlip.evaluation.result import EvalResult
@@ -45,6 +45,9 @@ from robustlip.metrics.accuracy import CorrectFraction
 from robustlip.metrics.base import ExampleMetric
 
 log = logging.getLogger(__name__)
+
+#: How a training run sets the test budget (robustlip-eval and the API call it n_examples).
+N_EXAMPLES_KEY = "callbacks.robust_evaluation.n_examples"
 
 
 def lightning_progress(trainer: pl.Trainer) -> Callable[[int, str], Any]:
@@ -133,7 +136,7 @@ class RobustEvaluation(pl.Callback):
         self.val_max_batches = val_max_batches
         self.seed = seed
         self.extra_results = dict(extra_results or {})
-        self.n_examples = None if n_examples is None else check_positive_int("callbacks.robust_evaluation.n_examples", n_examples)
+        self.n_examples = None if n_examples is None else check_positive_int(N_EXAMPLES_KEY, n_examples)
         #: Warnings for results.json and the final table: a training run's (TrainingHealth's, added by
         #: robustlip-train before the test) and a test accuracy at chance; ``advice`` is appended to the latter.
         self.warnings: list[str] = []
@@ -203,12 +206,7 @@ class RobustEvaluation(pl.Callback):
         if self.n_examples is None or datamodule is None:
             return
         datamodule.setup("test")
-        size = len(datamodule.test_set)
-        if self.n_examples > size:
-            raise ConfigError(
-                f"callbacks.robust_evaluation.n_examples={self.n_examples} is not allowed; the test set has "
-                f"{size} examples (choose n_examples <= {size}, or null for all of them)"
-            )
+        subset(datamodule.test_set, self.n_examples, self.seed or 0, key=N_EXAMPLES_KEY)  # the evaluation's own check
 
     def _own_test_pass(self, trainer: pl.Trainer) -> bool:
         """Several processes, or a subset: the callback runs the test pass itself (module docstring)."""
@@ -231,8 +229,8 @@ class RobustEvaluation(pl.Callback):
         loader = datamodule.test_dataloader()
         if self.n_examples is None:
             return loader
-        subset = seeded_subset(loader.dataset, self.n_examples, self.seed or 0)
-        return DataLoader(subset, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
+        picked = subset(loader.dataset, self.n_examples, self.seed or 0, key=N_EXAMPLES_KEY)
+        return DataLoader(picked, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
                           collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:

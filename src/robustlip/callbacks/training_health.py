@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 
 from robustlip.core.fidelity import fidelity_named
-from robustlip.runs.results import chance_band
+from robustlip.core.results import chance_band
 
 log = logging.getLogger(__name__)
 

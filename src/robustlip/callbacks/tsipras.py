@@ -30,8 +30,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from robustlip.core.errors import ConfigError, check_non_negative
+from robustlip.core.results import add_results_section
 from robustlip.metrics.linear import affine_map, binary_weights
-from robustlip.runs.results import add_results_section
 from robustlip.theory.tsipras import (
     TsiprasSetting,
     binomial_tolerance,
@@ -83,7 +83,7 @@ class TsiprasTheory(pl.Callback):
         datamodule = trainer.datamodule
         evaluation = next((c for c in trainer.callbacks if hasattr(c, "metrics") and hasattr(c, "attack")), None)
         metrics = dict(getattr(evaluation, "metrics", {}) or {})
-        # RobustClassifier keeps the network as .net (DESIGN.md); a bare network is its own net.
+        # RobustClassifier keeps the network as .net (module.py); a bare network is its own net.
         self.results = self.compute(getattr(pl_module, "net", pl_module), datamodule, metrics)
         if trainer.is_global_zero and self.results_file is not None:
             add_results_section(self.results_file, self.section, self.results)

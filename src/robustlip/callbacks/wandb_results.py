@@ -1,4 +1,4 @@
-"""wandb as a view on top of the files (DESIGN.md): what a dashboard needs to compare methods.
+"""wandb as a view on top of the files (docs/architecture.md, "Files first"): what a dashboard needs to compare methods.
 
 ``WandbResults`` is a Lightning callback that, at the end of testing, puts the paper's final metrics
 (and each attack's ``test/adv_acc/<name>`` when several ran) into the run summary, each with its
@@ -21,10 +21,11 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from robustlip.callbacks.robust_evaluation import RobustEvaluation
+from robustlip.core.results import RESULT_KEYS
 from robustlip.objectives.base import Objective
 from robustlip.reporting.tables import dropout_label
 from robustlip.runs.config import redact
-from robustlip.runs.results import RESULT_KEYS
+from robustlip.runs.labels import with_unlabeled
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,13 @@ class WandbResults(pl.Callback):
 
     @staticmethod
     def _row_label(pl_module: pl.LightningModule) -> tuple[str, str]:
-        """The run's table row: its objective's label and its model's dropout (as robustlip-report names them)."""
+        """The run's table row: its method and its model's dropout (as robustlip-report names them)."""
         objective = getattr(pl_module, "objective", None)
         config = pl_module.hparams.get("config") if hasattr(pl_module, "hparams") else None
         model = config.get("model") if isinstance(config, dict) else None
         dropout = dropout_label(model.get("dropout")) if isinstance(model, dict) else "?"
-        return (objective.label if isinstance(objective, Objective) else "?"), dropout
+        teacher = ((config or {}).get("self_training") or {}).get("teacher_ckpt") if isinstance(config, dict) else None
+        return (with_unlabeled(objective.label, teacher) if isinstance(objective, Objective) else "?"), dropout
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from pytorch_lightning.loggers import WandbLogger

@@ -1,4 +1,4 @@
-"""One-line, early, named errors for bad configuration values (DESIGN.md, "Errors").
+"""One-line, early, named errors for bad configuration values (docs/architecture.md, "Errors").
 
 Every known failure class carries the ``exit_code`` its entry point exits with (robustlip.cli).
 """

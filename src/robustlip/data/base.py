@@ -1,6 +1,6 @@
 """The shared base of every DataModule: splits, loaders and the train-evaluation subset.
 
-Every tensor a DataModule yields is an image in [0, 1] (DESIGN.md, "Pixel space"); normalisation
+Every tensor a DataModule yields is an image in [0, 1] (docs/architecture.md, "Pixel space"); normalisation
 belongs to the network. Subclasses only say how to build the three datasets (``build_datasets``);
 this base class derives the deterministic validation split, the DataLoaders and the *un-augmented*
 view of the training set that the robust evaluation measures train accuracy on (docs/authors-code.md §9.2).

@@ -7,7 +7,7 @@ features x₂..x_{d+1} ~ N(ηy, 1), i.i.d. Averaging the weak features gives a n
 x₁ survives such an attack, so robust accuracy is at most p. We take η = 3/√d by default (standard
 accuracy ≈ 99.9 %) and the attack radius 2η.
 
-*As images.* DataModules yield [0, 1] pixels (DESIGN.md), so a feature value v becomes the pixel
+*As images.* DataModules yield [0, 1] pixels (docs/architecture.md, "Pixel space"), so a feature value v becomes the pixel
 0.5 + ``scale``·v, clipped to [0, 1] (``scale`` = 1/8: |v| > 4 is clipped, probability ≈ 6e-5 per
 feature). The d + 1 = side² features fill a 1×side×side image row-major, x₁ at pixel (0, 0), so the
 paper's CNNs (side = 28: d = 783) and an MLP run on it unchanged. ε in pixels is 2η·scale; for the

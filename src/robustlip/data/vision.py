@@ -1,7 +1,7 @@
 """MNIST, Fashion-MNIST, SVHN and CIFAR-10 through torchvision's dataset classes (docs/authors-code.md §2).
 
 Every image leaves as a float tensor in [0, 1] (``ToImage`` + ``ToDtype(scale=True)``, the /255 of
-the authors' loaders); there is no mean/std normalisation here (DESIGN.md, "Pixel space").
+the authors' loaders); there is no mean/std normalisation here (docs/architecture.md, "Pixel space").
 
 Data is read from ``data_dir`` in torchvision's own layout (``<data_dir>/MNIST/raw``,
 ``<data_dir>/FashionMNIST/raw``, ``<data_dir>/cifar-10-batches-py``, ``<data_dir>/train_32x32.mat``).

@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from robustlip.attacks.base import Attack, model_mode
 from robustlip.attacks.variants import unsupported
 from robustlip.core.errors import ConfigError, check_choice, check_non_negative, check_positive_int
+from robustlip.core.results import chance_band, with_gaps
 from robustlip.evaluation.batches import batch_indices, gather_objects, loader_of, process, subset
 from robustlip.evaluation.gradient_masking import GradientMaskingWarning, attack_comparison, merge_flags
 from robustlip.evaluation.meters import SplitMeter
@@ -62,7 +63,6 @@ from robustlip.evaluation.store import ResumeStore, fingerprint
 from robustlip.evaluation.streams import seeded
 from robustlip.metrics.accuracy import AdversarialAccuracy, CleanAccuracy, WorstCaseAccuracy
 from robustlip.metrics.base import ExampleMetric
-from robustlip.runs.results import chance_band, with_gaps
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from robustlip.core.files import write_json_atomic
-from robustlip.runs.results import RESULT_KEYS
+from robustlip.core.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
 

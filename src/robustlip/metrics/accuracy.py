@@ -5,7 +5,7 @@ Each accuracy reports, next to its percentage, its number of examples and a Wils
 
 Counts (not running means) are the state, so that the numbers are exact when batches are uneven and
 when Lightning shards the evaluation over several processes (torchmetrics sums the states across
-ranks before ``compute``). See DESIGN.md, "Known traps": distributed samplers pad uneven shards, so
+ranks before ``compute``). See docs/architecture.md, "Known traps": distributed samplers pad uneven shards, so
 final paper numbers come from a single-device evaluation or from sum states like these.
 """
 

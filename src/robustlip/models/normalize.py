@@ -1,6 +1,6 @@
 """Per-channel normalisation as the network's first layer.
 
-Data stays in [0, 1] pixel space (DESIGN.md): every ε, attack and Lipschitz estimate is in pixel
+Data stays in [0, 1] pixel space (docs/architecture.md, "Pixel space"): every ε, attack and Lipschitz estimate is in pixel
 units, and the network standardises its own input. The authors' networks used no normalisation at
 all (docs/authors-code.md §2); ``mean=0, std=1`` reproduces that exactly.
 """

@@ -1,4 +1,4 @@
-"""The contract of a training objective (DESIGN.md, "Objectives").
+"""The contract of a training objective (docs/architecture.md, "Add an objective").
 
 An objective is a plain ``nn.Module``, independent of Lightning: ``objective(model, x, y)`` returns the
 training loss, the logits used for the training accuracy, and named parts for logging. It never calls

@@ -1,6 +1,6 @@
 """Results as tables: the console table of one run, and the paper-style tables of many runs.
 
-Files first (DESIGN.md): every run leaves ``results.json`` and the resolved ``config.yaml``; the
+Files first (docs/architecture.md): every run leaves ``results.json`` and the resolved ``config.yaml``; the
 report reads only those, so a sweep becomes a table with no wandb at all and from any launcher (local,
 per GPU, SLURM). Rows are methods named by their objective (``Objective.label``: ``TRADES(β=6)``,
 ``RST(λ=.5)``) with the dropout value; runs that differ only by seed are averaged (mean ± std). A row
@@ -25,8 +25,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from robustlip.core.files import atomic_write
+from robustlip.core.results import RESULT_KEYS
 from robustlip.metrics.intervals import t_interval
-from robustlip.runs.results import RESULT_KEYS
+from robustlip.runs import labels
 
 log = logging.getLogger(__name__)
 
@@ -229,39 +230,17 @@ def unflatten(flat: dict[str, Any], prefix: str) -> dict[str, Any]:
     return node
 
 
-def with_unlabeled(method: str, teacher_ckpt: Any) -> str:
-    """A run's row name: its method's (``RST(λ=1)``), with ``+unlabeled`` when a teacher's pseudo-labels were mixed
-    into its batches (``self_training.teacher_ckpt``). One rule for robustlip-train's title and robustlip-report's
-    rows, so a run with unlabeled data is a row of its own in every table."""
-    return f"{method}+unlabeled" if teacher_ckpt not in (None, "") else method
-
-
 def method_label(run: Run) -> tuple[str, tuple]:
-    """The paper's row name of a run and a key that sorts rows in the paper's order.
+    """The paper's row name of a run and a key that sorts rows in the paper's order (:mod:`robustlip.runs.labels`).
 
-    Both come from the run's objective itself (``Objective.label``, ``Objective.sort_key``), built from
-    its config; a config whose objective cannot be built (another version's) falls back to its name. A
-    robustlip-eval run of a model robustlip did not train (``evaluated_model`` in its config: a state dict,
-    torchvision, timm, RobustBench) is named by that model's label, after the paper's methods.
+    A robustlip-eval run of a model robustlip did not train (``evaluated_model`` in its config: a state
+    dict, torchvision, timm, RobustBench) is named by that model's label, after the paper's methods.
     """
     node = unflatten(run.config, "objective")
     if not node and run.get("evaluated_model.label"):
         label = str(run.get("evaluated_model.label"))
         return label, (98, 0.0, label)
-    name = str(node.get("name", "?"))
-    # Runs written before self-training had keys of its own kept them in the RST objective's node.
-    teacher = run.get("self_training.teacher_ckpt") or node.pop("teacher_ckpt", None)
-    node.pop("unsup_fraction", None)
-    if node.get("_target_"):
-        from hydra.utils import instantiate
-
-        try:
-            objective = instantiate(node)
-            return with_unlabeled(objective.label, teacher), (*objective.sort_key, name)
-        except Exception as exc:  # noqa: BLE001 - a report must not die on one foreign run
-            log.warning("%s: objective %s cannot be built here (%s); its row is named %r", run.path,
-                        node.get("_target_"), exc, name)
-    return name, (99, 0.0, name)
+    return labels.method_label({"objective": node, "self_training": unflatten(run.config, "self_training")}, run.path)
 
 
 def dropout_label(value: Any) -> str:

@@ -65,7 +65,7 @@ def to_plain_dict(cfg: DictConfig) -> dict:
     return redact(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))  # type: ignore[return-value]
 
 
-def _root_cause(exc: BaseException) -> BaseException:
+def root_cause(exc: BaseException) -> BaseException:
     """The innermost ``__cause__``; OmegaConf re-raises a resolver's error without one, so follow
     ``__context__`` there (it holds the resolver's own exception)."""
     seen = set()
@@ -118,7 +118,7 @@ def instantiate_group(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
     try:
         return instantiate(OmegaConf.select(cfg, key, throw_on_missing=True), **kwargs)
     except (InstantiationException, InterpolationResolutionError) as exc:  # the latter: a resolver's ConfigError
-        cause = _root_cause(exc)
+        cause = root_cause(exc)
         if isinstance(cause, ConfigError):
             message = str(cause)
             if not message.startswith(f"{key}."):

@@ -1,6 +1,6 @@
 """The loggers of a run: built from ``conf/logger/``, history kept across resumes, wandb closed after every job.
 
-Files come first (DESIGN.md, "Results"): the CSV logger is always on; wandb (online, offline or
+Files come first (docs/architecture.md, "Files first"): the CSV logger is always on; wandb (online, offline or
 disabled) is a view on top. Every entry point builds its loggers with :func:`build_loggers` and
 closes wandb with :func:`finish_wandb` in a ``finally``.
 """
@@ -76,7 +76,7 @@ def check_wandb_credentials() -> None:
 
 
 def finish_wandb() -> None:
-    """Close the wandb run of this job, or the next job of a multirun logs into it (DESIGN.md traps)."""
+    """Close the wandb run of this job, or the next job of a multirun logs into it (docs/architecture.md, "Known traps")."""
     wandb = sys.modules.get("wandb")
     if wandb is None:  # never imported by this process: no run to close, no settings cached
         return

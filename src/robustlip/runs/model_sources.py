@@ -42,6 +42,7 @@ from robustlip.runs.checkpoints import (
     load_checkpoint,
     net_from_checkpoint,
 )
+from robustlip.runs.labels import method_label
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +178,8 @@ class RobustlipCheckpoint(ModelSource):
         config = checkpoint_config(ckpt)
         net = net_from_checkpoint(ckpt, config)
         path = str(Path(self.path).expanduser().resolve())
-        return LoadedModel(net, _method(config), {"source": self.kind, "path": path}, config.get("data"), config)
-
-
-def _method(train_config: dict[str, Any]) -> str:
-    """The checkpoint's method as the tables name it (``TRADES(β=6)``), or its objective's name."""
-    from hydra.utils import instantiate
-
-    node = train_config.get("objective") or {}
-    try:
-        return instantiate(node).label
-    except Exception:  # noqa: BLE001 - a title must not fail on another version's objective
-        return str(node.get("name", "?"))
+        label, _ = method_label(config, self.path)  # as the tables name it: TRADES(β=6)
+        return LoadedModel(net, label, {"source": self.kind, "path": path}, config.get("data"), config)
 
 
 class StateDictModel(ModelSource):

@@ -3,7 +3,7 @@
 ``${robustlip.num_classes:FULL,CLASSES}``: a dataset's class count, or ``len(data.classes)`` when a
 subset of labels is selected (docs/datasets.md).
 
-``${robustlip.mean_loss_lr:LR,OPTIMIZER,FIDELITY,BATCH}`` and
+``${robustlip.mean_loss_lr:LR,OPTIMIZER,FIDELITY,BATCH[,METHOD]}`` and
 ``${robustlip.mean_loss_weight_decay:WD,OPTIMIZER,FIDELITY,BATCH}`` turn optimizer settings tuned for
 the authors' *summed* batch losses into the settings that take the same steps on the *mean* losses of
 ``fidelity=paper`` (docs/sweeps.md, "Learning rates and fidelity"). Every loss of the authors' code
@@ -54,8 +54,18 @@ def _check(optimizer: str, fidelity: str, batch_size: int) -> bool:
     return converts
 
 
-def mean_loss_lr(lr: float, optimizer: str, fidelity: str, batch_size: int) -> float:
-    """The learning rate that takes the summed-loss step ``lr`` on this fidelity's loss (module docstring)."""
+def mean_loss_lr(lr: float | None, optimizer: str, fidelity: str, batch_size: int, method: str | None = None) -> float:
+    """The learning rate that takes the summed-loss step ``lr`` on this fidelity's loss (module docstring).
+
+    ``lr`` None: the preset's table of the authors' rates (``data.paper.lr``) has none for ``method``, a
+    method of the user's own; the error says how to give one.
+    """
+    if lr is None:
+        raise ConfigError(
+            f"optimizer.lr: this preset takes each method's learning rate from data.paper.lr, which has none for "
+            f"objective.name={method!r}; set optimizer.lr=<lr> on the command line, or add {method}: <lr> to "
+            "paper.lr in the dataset's config"
+        )
     if _check(optimizer, fidelity, batch_size) and optimizer in LINEAR_OPTIMIZERS:
         return float(lr) * batch_size
     return float(lr)

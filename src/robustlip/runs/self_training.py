@@ -16,8 +16,8 @@ self_training.teacher_ckpt=... data.train_size=... data.unlabeled=true``, docs/r
 4. the DataModule then mixes them into every batch at ``self_training.unsup_fraction``.
 
 The objective is untouched: its loss runs on the mixed batches (RST's is Carmon et al.'s), and the
-run's row in a report is named ``<method>+unlabeled``
-(:func:`robustlip.reporting.tables.with_unlabeled`).
+run's row in every table is named ``<method>+unlabeled``
+(:mod:`robustlip.runs.labels`).
 """
 
 from __future__ import annotations

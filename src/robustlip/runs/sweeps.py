@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from robustlip.core.files import write_json_atomic
-from robustlip.runs.results import RESULT_KEYS
+from robustlip.core.results import RESULT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class MultirunGuard(Callback):
     """Refuse a multirun whose jobs would use Lightning DDP with several processes.
 
     Lightning's DDP launcher re-executes ``sys.argv`` for every extra rank: in ``-m`` mode that would
-    re-launch the *whole sweep* in each child (DESIGN.md, Known traps). One sweep point = one process:
+    re-launch the *whole sweep* in each child (docs/architecture.md, "Known traps"). One sweep point = one process:
     use one GPU per job (``hydra/launcher=per_gpu`` or SLURM), and ``trainer=ddp`` only outside ``-m``.
     The exception: under SLURM the ranks are started by ``srun`` (``tasks_per_node`` = devices), and
     Lightning attaches to them instead of re-launching.

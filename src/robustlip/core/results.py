@@ -1,4 +1,4 @@
-"""results.json: the files-first record of a run (DESIGN.md, "Results"): the metric names of the paper's tables and the gaps derived from them."""
+"""results.json: the files-first record of a run (docs/architecture.md): the metric names of the paper's tables and the gaps derived from them."""
 
 from __future__ import annotations
 
