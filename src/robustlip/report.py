@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from robustlip.core.errors import print_error
 from robustlip.core.files import write_text_atomic
 from robustlip.reporting import best_final, comparison
 from robustlip.reporting.plots import write_parity_plots, write_plots
@@ -139,8 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         report = build_report(load_config(argv))
-    except (ValueError, FileNotFoundError) as exc:
-        print(str(exc), file=sys.stderr)
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
+        print_error(str(exc))
         return 2
     print(report["markdown"])
     extra = ", comparison.csv" if report["comparisons"] else ""

@@ -143,10 +143,6 @@ def resume_command(output_dir: os.PathLike | str) -> str:
     return shlex.join([COMMAND, *same_run_overrides(overrides), f"hydra.run.dir={output_dir}", "ckpt_path=last"])
 
 
-#: Spellings of the ℓ∞ norm in a config (robustlip.attacks.threat.NORM_SPELLINGS, without importing torch).
-LINF = ("inf", "linf", "Linf")
-
-
 def precheck(cfg: DictConfig) -> None:
     """The value checks that need no torch, run before torch is imported (a second instead of several).
 
@@ -158,13 +154,14 @@ def precheck(cfg: DictConfig) -> None:
 
     from robustlip.core.errors import check_integer, check_linf_eps, check_non_negative
     from robustlip.core.fidelity import fidelity_named
+    from robustlip.core.norms import is_linf
     from robustlip.runs.config import name_the_source, root_cause
 
     check_integer("seed", cfg.get("seed"))
     fidelity_named(cfg.get("fidelity", "paper"))
     for group in ("attack", "objective"):
         node = cfg.get(group)
-        if node is None or str(node.get("norm", "inf")) not in LINF or node.get("eps") is None:
+        if node is None or not is_linf(node.get("norm", "inf")) or node.get("eps") is None:
             continue
         try:
             check_linf_eps(f"{group}.eps", node.eps)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from robustlip.core.errors import check_choice, check_linf_eps, check_non_negative
+from robustlip.core.norms import NORM_SPELLINGS
 
 NORMS = ("inf", "2")
 
@@ -126,14 +127,6 @@ class LinfRenormThreat(LinfThreat):
         if flat.any():
             direction[flat] = torch.randn_like(direction[flat])
         return x_adv + step_size * direction
-
-
-#: The spellings a config may use for each norm, by canonical name.
-NORM_SPELLINGS: dict[str, tuple] = {
-    "inf": ("inf", "linf", "Linf", math.inf),
-    "2": (2, "2", "l2", "L2"),
-    "1": (1, "1", "l1", "L1"),
-}
 
 
 def canonical_norm(norm: str | float, key: str = "norm", allowed: tuple[str, ...] = NORMS) -> str:

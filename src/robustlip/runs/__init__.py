@@ -1,5 +1,6 @@
-"""Run bookkeeping: config composition helpers, one-line errors, checkpoints, results files, loggers and sweeps.
+"""Run bookkeeping the commands share: config composition, the run setup (data, attack), checkpoints and
+model sources, loggers, sweeps, self-training's pseudo-labels, a run's name in the tables.
 
-Everything here is about a run's inputs and outputs on disk, not about the science: every file a run
-writes goes through :func:`robustlip.core.files.atomic_write`.
+Everything here is about a run's inputs and outputs on disk, not about the science; the foundation it
+stands on (errors, the atomic writer, the fidelity) is :mod:`robustlip.core`.
 """
