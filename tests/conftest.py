@@ -153,10 +153,12 @@ def run_command(command: str, args: list[str], cwd: Path, env: dict[str, str] | 
                 timeout: float = 300) -> subprocess.CompletedProcess:
     """``command args`` as a user runs it: its own process started in ``cwd``, run directories under ``cwd/logs``,
     wandb off, one intra-op thread (a second spinning thread on the 2-core machine slows tiny nets many times);
-    ``env`` adds or replaces variables. Never raises on a non-zero exit: the test reads ``returncode``."""
+    ``env`` adds or replaces variables. ``command`` is a console command of this venv (``robustlip-train``) or
+    a Python script's path. Never raises on a non-zero exit: the test reads ``returncode``."""
     full_env = {**os.environ, "ROBUSTLIP_LOG_DIR": str(Path(cwd) / "logs"), "WANDB_MODE": "disabled",
                 "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([str(BIN / command), *args], cwd=cwd, env=full_env, check=False, capture_output=True,
+    argv = [sys.executable, command] if command.endswith(".py") else [str(BIN / command)]
+    return subprocess.run([*argv, *args], cwd=cwd, env=full_env, check=False, capture_output=True,
                           text=True, timeout=timeout)
 
 

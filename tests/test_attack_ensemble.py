@@ -8,9 +8,6 @@ runs ``attack=autoattack`` as configured (the standard version) on 8 examples.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +27,7 @@ from robustlip.metrics import LocalLipschitz
 from robustlip.metrics.intervals import wilson_interval
 from robustlip.module import CheckpointedNet
 from robustlip.train import train
-from tests.conftest import FAST, compose_train_cfg
+from tests.conftest import FAST, compose_train_cfg, run_command
 from tests.test_lipschitz import one_thread  # noqa: F401 - autouse fixture: one intra-op thread
 
 EPS = 0.1
@@ -269,11 +266,8 @@ def test_eval_of_a_checkpoint_with_autoattack_as_configured(trained, tmp_path):
 def _lightning_eval(tmp_path: Path, name: str, ckpt: Path, devices: int) -> dict:
     """The RobustEvaluation callback under trainer.test on ``devices`` CPU processes (tests/_ddp_evaluation.py)."""
     results = tmp_path / name / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("_ddp_evaluation.py")), str(ckpt), str(results), str(devices)],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False, capture_output=True, text=True,
-        timeout=600,
-    )
+    proc = run_command(str(Path(__file__).with_name("_ddp_evaluation.py")), [str(ckpt), str(results), str(devices)],
+                       tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(results.read_text())
 

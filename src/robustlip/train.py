@@ -147,8 +147,9 @@ def precheck(cfg: DictConfig) -> None:
     """The value checks that need no torch, run before torch is imported (a second instead of several).
 
     The same checks run again where the values are used (the threat model, the optimizer); these only
-    make the common mistakes answer fast: a non-integer seed, an ℓ∞ radius outside the pixel range (named
-    by the key that was set: ``data.eps`` when ``attack.eps`` follows it), a negative learning rate.
+    make the common mistakes answer fast: a non-integer seed, an unknown fidelity, an ℓ∞ radius outside the
+    pixel range (named by the key that was set: ``data.eps`` when ``attack.eps`` follows it), a negative
+    learning rate, or a preset's learning rate that its resolver refuses (one line, not OmegaConf's trace).
     """
     from omegaconf.errors import InterpolationResolutionError
 
@@ -223,6 +224,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         load_checkpoint,
         resolve_ckpt_path,
     )
+    from robustlip.runs.labels import with_unlabeled
+    from robustlip.runs.self_training import prepare_self_training
 
     check_loggers(cfg)
     warn_without_gpu(cfg)
@@ -242,9 +245,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is not None:
         check_compatible(ckpt, cfg, module, path=ckpt_path)
     # Self-training with unlabeled data: teacher checked, pool pseudo-labeled (cached in the run dir), batches mixed.
-    from robustlip.runs.labels import with_unlabeled
-    from robustlip.runs.self_training import prepare_self_training
-
     self_training = cfg.get("self_training") or {}
     prepare_self_training(datamodule, output_dir, self_training.get("teacher_ckpt"), self_training.get("unsup_fraction", 0.5))
     callbacks = build_callbacks(cfg)
@@ -324,8 +324,7 @@ def _stopped_by(stop) -> tuple[str, int]:
     """The signal that stopped the Trainer and the exit status it gives (SIGTERM, Lightning's own, without a SignalStop)."""
     from robustlip.core.signals import EXIT_CODES
 
-    name = stop.stopped_by() if stop is not None else "SIGTERM"
-    return name, EXIT_CODES[name]
+    return (stop.stopped_by(), stop.exit_code) if stop is not None else ("SIGTERM", EXIT_CODES["SIGTERM"])
 
 
 def final_evaluation(trainer: pl.Trainer, module: RobustClassifier, datamodule: pl.LightningDataModule,

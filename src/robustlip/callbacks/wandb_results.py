@@ -101,7 +101,7 @@ class WandbResults(pl.Callback):
         config = pl_module.hparams.get("config") if hasattr(pl_module, "hparams") else None
         model = config.get("model") if isinstance(config, dict) else None
         dropout = dropout_label(model.get("dropout")) if isinstance(model, dict) else "?"
-        teacher = ((config or {}).get("self_training") or {}).get("teacher_ckpt") if isinstance(config, dict) else None
+        teacher = (config.get("self_training") or {}).get("teacher_ckpt") if isinstance(config, dict) else None
         return (with_unlabeled(objective.label, teacher) if isinstance(objective, Objective) else "?"), dropout
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
