@@ -237,8 +237,9 @@ class Runner:
 
     def moved(self, path: str) -> str:
         """A path under /tmp the docs name (a run dir, a sweep dir, a model file): moved, the same way in every
-        command, into this script's work folder."""
-        if path.startswith(str(self.work)):
+        command, into this script's work folder. The checkout and its venv stay where they are, even when they
+        sit under /tmp themselves (a clean clone there)."""
+        if any(path == str(root) or path.startswith(f"{root}/") for root in (self.work, REPO, Path(sys.prefix))):
             return path
         return str(self.logs / "rundirs" / path.strip("/"))
 
