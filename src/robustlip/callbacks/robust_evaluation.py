@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from robustlip.attacks.base import Attack
 from robustlip.core.errors import check_positive_int
 from robustlip.core.files import write_json_atomic
-from robustlip.evaluation.batches import subset
+from robustlip.evaluation.batches import check_subset_size, subset
 from robustlip.evaluation.evaluator import EvaluationStopped, Evaluator, Session, outside_inference_mode
 from robustlip.evaluation.probes import Probe
 from robustlip.evaluation.result import EvalResult
@@ -206,7 +206,7 @@ class RobustEvaluation(pl.Callback):
         if self.n_examples is None or datamodule is None:
             return
         datamodule.setup("test")
-        subset(datamodule.test_set, self.n_examples, self.seed or 0, key=N_EXAMPLES_KEY)  # the evaluation's own check
+        check_subset_size(self.n_examples, len(datamodule.test_set), key=N_EXAMPLES_KEY)  # the evaluation's own check
 
     def _own_test_pass(self, trainer: pl.Trainer) -> bool:
         """Several processes, or a subset: the callback runs the test pass itself (module docstring)."""

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from robustlip.core.errors import ConfigError
+from robustlip.core.errors import ConfigError, check_probability
 
 
 @torch.no_grad()
@@ -75,8 +75,7 @@ class MixedBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, n_labeled: int, n_unlabeled: int, batch_size: int, unsup_fraction: float) -> None:
-        if not 0 <= unsup_fraction < 1:
-            raise ConfigError(f"self_training.unsup_fraction={unsup_fraction!r} is not allowed; it must be a number in [0, 1)")
+        unsup_fraction = check_probability("self_training.unsup_fraction", unsup_fraction)
         self.unlabeled_per_batch = round(batch_size * unsup_fraction)
         self.labeled_per_batch = batch_size - self.unlabeled_per_batch
         if self.labeled_per_batch < 1:

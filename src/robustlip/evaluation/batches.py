@@ -27,20 +27,23 @@ from robustlip.core.errors import ConfigError, check_choice
 SUBSET_RULES = ("seeded", "first")
 
 
+def check_subset_size(n_examples: int, size: int, key: str = "n_examples", split: str = "test") -> None:
+    """Refuse ``n_examples`` above the split's ``size`` in one line: silently measuring fewer than asked for
+    would report a number on another sample than the one named."""
+    if n_examples > size:
+        raise ConfigError(f"{key}={n_examples} is not allowed; the {split} set has {size} examples "
+                          f"(choose {key} <= {size}, or null for all of them)")
+
+
 def subset(dataset: Dataset, n_examples: int | None, seed: int = 0, rule: str = "seeded", key: str = "n_examples",
            split: str = "test") -> Dataset:
-    """``n_examples`` examples of ``dataset`` picked by ``rule`` (in their original order); all of it for None.
-
-    More examples than the split has is refused in one line: silently measuring fewer than asked for
-    would report a number on another sample than the one named.
-    """
+    """``n_examples`` examples of ``dataset`` picked by ``rule`` (in their original order); all of it for None;
+    more than it has is refused (:func:`check_subset_size`)."""
     rule = check_choice("subset", rule, SUBSET_RULES)
     if n_examples is None:
         return dataset
     size = len(dataset)
-    if n_examples > size:
-        raise ConfigError(f"{key}={n_examples} is not allowed; the {split} set has {size} examples "
-                          f"(choose {key} <= {size}, or null for all of them)")
+    check_subset_size(n_examples, size, key, split)
     if rule == "first":
         return Subset(dataset, list(range(n_examples)))
     pick = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))[:n_examples]

@@ -29,8 +29,9 @@ def method_label(config: Mapping[str, Any], where: Any = "a run") -> tuple[str, 
     """
     node = dict(config.get("objective") or {})
     name = str(node.get("name", "?"))
-    teacher = (config.get("self_training") or {}).get("teacher_ckpt") or node.pop("teacher_ckpt", None)
+    legacy_teacher = node.pop("teacher_ckpt", None)  # never an argument of the objective now
     node.pop("unsup_fraction", None)
+    teacher = (config.get("self_training") or {}).get("teacher_ckpt") or legacy_teacher
     if node.get("_target_"):
         from hydra.utils import instantiate
 
